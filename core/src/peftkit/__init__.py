@@ -1,0 +1,50 @@
+"""peftkit: parameter-efficient fine-tuning as a small core plus method plugins.
+
+``import peftkit`` stays light: torch and transformers load on first use of a name that needs them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+import pluggy
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("peftkit")
+
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "Method": "peftkit._registry",
+    "PeftConfig": "peftkit._config",
+    "ConfigError": "peftkit._config",
+    "config": "peftkit._api",
+    "list_methods": "peftkit._api",
+    "get_peft_model": "peftkit.peft_model",
+    "PeftModel": "peftkit.peft_model",
+    "PeftModelForCausalLM": "peftkit.peft_model",
+    "PeftModelForSeq2SeqLM": "peftkit.peft_model",
+    "PeftModelForSequenceClassification": "peftkit.peft_model",
+    "PeftModelForTokenClassification": "peftkit.peft_model",
+    "PeftModelForQuestionAnswering": "peftkit.peft_model",
+    "PeftModelForFeatureExtraction": "peftkit.peft_model",
+    "AdapterLayer": "peftkit.layer",
+    "BaseLayerView": "peftkit.views",
+    "CheckpointError": "peftkit._io",
+}
+
+__all__ = ["__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'peftkit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,148 @@
+"""The adapter config base class and its JSON form, as Hugging Face PEFT writes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+CONFIG_NAME = "adapter_config.json"
+TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+BIAS_MODES = ("none", "all")
+
+
+class ConfigError(ValueError):
+    """An adapter config is malformed or names something that does not exist."""
+
+
+@dataclass
+class PeftConfig:
+    """Fields every method shares. A method's config subclasses this and sets ``PEFT_TYPE``.
+
+    ``target_modules`` is a list of module names (exact or dotted suffix), a regex matched
+    against the whole module path, or ``"all-linear"``. ``modules_to_save`` lists modules that
+    are copied and trained in full beside the adapter.
+    """
+
+    PEFT_TYPE: ClassVar[str] = ""
+    # Extra bias modes a method accepts besides "none" and "all" (LoRA adds "lora_only").
+    BIAS_EXTRA: ClassVar[tuple[str, ...]] = ()
+
+    peft_type: str | None = None
+    task_type: str | None = None
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+    bias: str = "none"
+    inference_mode: bool = False
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    auto_mapping: dict[str, Any] | None = None
+    peft_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.PEFT_TYPE:
+            if self.peft_type not in (None, self.PEFT_TYPE):
+                raise ConfigError(f"{type(self).__name__} has peft_type {self.PEFT_TYPE!r}, got {self.peft_type!r}")
+            self.peft_type = self.PEFT_TYPE
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise ConfigError(f"task_type {self.task_type!r} is not one of {', '.join(TASK_TYPES)}")
+        allowed_bias = BIAS_MODES + self.BIAS_EXTRA
+        if self.bias not in allowed_bias:
+            raise ConfigError(f"bias={self.bias!r} is not one of {allowed_bias}")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ConfigError("layers_pattern only has an effect together with layers_to_transform; set both")
+        if isinstance(self.target_modules, (list, tuple, set)):
+            self.target_modules = list(self.target_modules)
+        if self.peft_version is None:
+            self.peft_version = _peftkit_version()
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every serialisable field, sets turned into sorted lists."""
+        out = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            if isinstance(value, set):
+                value = sorted(value)
+            out[name] = value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PeftConfig:
+        """Build a config from a dict, dropping (with a warning naming them) keys this version does not know."""
+        known = set(cls.field_names())
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(
+                f"{cls.__name__}: ignoring unknown keys {unknown} (written by a newer or different version)"
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> PeftConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _peftkit_version() -> str:
+    from peftkit import __version__
+
+    return __version__
+
+
+def read_config_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``adapter_config.json`` from an adapter folder (or the file itself) as a dict."""
+    path = os.fspath(path)
+    file = path if path.endswith(".json") else os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(file):
+        raise ConfigError(
+            f"no {CONFIG_NAME} in {path!r}: this is not an adapter folder "
+            "(save one with model.save_pretrained(path))"
+        )
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} must hold a JSON object, found {type(data).__name__}")
+    if not data.get("peft_type"):
+        raise ConfigError(f"{file} has no 'peft_type'; cannot tell which method wrote this adapter")
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> PeftConfig:
+    """The right method's config for a dict carrying ``peft_type``; unknown methods name the package to install."""
+    from peftkit._plugins import registry
+
+    if not data.get("peft_type"):
+        raise ConfigError("the adapter config has no 'peft_type'; cannot tell which method it is for")
+    method = registry().by_peft_type(str(data["peft_type"]))
+    return method.config_class.from_dict(data)
+
+
+def make_config(name: str, **kwargs: Any) -> PeftConfig:
+    """The config of the method called ``name`` (``"lora"``, ``"miss"``...), built from keyword arguments.
+
+    A misspelled field is an error that lists the valid ones.
+    """
+    from peftkit._plugins import registry
+
+    cls = registry().by_name(name).config_class
+    unknown = sorted(set(kwargs) - set(cls.field_names()))
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__} has no field(s) {unknown}; valid fields: {', '.join(sorted(cls.field_names()))}"
+        )
+    return cls(**kwargs)

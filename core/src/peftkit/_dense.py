@@ -1,0 +1,55 @@
+"""The built-in dense backend: views for ordinary float layers, registered like any plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("peftkit")
+
+LAYER_TYPES = ["Linear", "Conv1D (transformers)", "Embedding", "Conv1d", "Conv2d", "Conv3d"]
+
+
+def _view_table() -> dict[type, Any]:
+    from torch import nn
+
+    from peftkit import views
+
+    table: dict[type, Any] = {
+        nn.Linear: lambda m: views.LinearView(m, m.in_features, m.out_features),
+        nn.Embedding: views.EmbeddingView,
+        nn.Conv1d: views.ConvView,
+        nn.Conv2d: views.ConvView,
+        nn.Conv3d: views.ConvView,
+    }
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for plain PyTorch models
+        pass
+    else:
+        table[Conv1D] = views.Conv1DView
+    return table
+
+
+_TABLE: dict[type, Any] | None = None
+
+
+@hookimpl(trylast=True)
+def peftkit_base_layer_view(module: Any) -> Any:
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _view_table()
+    factory = _TABLE.get(type(module))
+    if factory is None:
+        # Subclasses of the supported types (quantized layers excepted, which their backend answers first).
+        for cls, candidate in _TABLE.items():
+            if isinstance(module, cls):
+                factory = candidate
+                break
+    return factory(module) if factory is not None else None
+
+
+@hookimpl
+def peftkit_describe_backends() -> list[tuple[str, list[str]]]:
+    return [("dense", LAYER_TYPES)]

@@ -1,0 +1,142 @@
+"""Putting adapter layers into a model and taking them out again, all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit._registry import Method
+from peftkit._targeting import find_targets
+from peftkit.layer import AdapterLayer, ModulesToSave
+
+
+class UnsupportedLayerError(TypeError):
+    """A targeted module is of a type no installed backend or the method can adapt."""
+
+
+def get_view(module: nn.Module) -> Any:
+    """The base-layer view a backend offers for ``module``, or None."""
+    from peftkit._plugins import plugin_manager
+
+    return plugin_manager().hook.peftkit_base_layer_view(module=module)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    if isinstance(module, (AdapterLayer, nn.Embedding)) or not hasattr(module, "weight"):
+        return False
+    view = get_view(module)
+    return view is not None and view.kind == "linear"
+
+
+def _skip(module: nn.Module) -> bool:
+    return isinstance(module, (AdapterLayer, ModulesToSave))
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@contextmanager
+def _maybe_meta(enabled: bool) -> Iterator[None]:
+    if enabled:
+        with torch.device("meta"):
+            yield
+    else:
+        yield
+
+
+def inject_adapter(
+    model: nn.Module, method: Method, config: Any, name: str, low_cpu_mem_usage: bool = False
+) -> list[str]:
+    """Add adapter ``name`` of ``method`` to every targeted module; on any error the model is left as it was.
+
+    Returns the adapted module names.
+    """
+    targets = find_targets(model, config, dict(method.default_targets), _is_linear, _skip)
+    layer_cls = method.layer_class
+    plans: list[tuple[str, AdapterLayer, bool]] = []
+    for target in targets:
+        module = model.get_submodule(target)
+        if isinstance(module, AdapterLayer):
+            if not isinstance(module, layer_cls):
+                raise UnsupportedLayerError(
+                    f"{target} already holds a {type(module).__name__} adapter; one model mixes no methods "
+                    f"(cannot add {method.name!r})"
+                )
+            plans.append((target, module, False))
+            continue
+        view = get_view(module)
+        if view is None:
+            raise UnsupportedLayerError(
+                f"{method.name}: module {target!r} of type {type(module).__name__} cannot be adapted; "
+                f"supported: {', '.join(method.layer_types) or 'see peftkit list-methods'}"
+            )
+        plans.append((target, layer_cls(module, view), True))
+    done: list[tuple[str, AdapterLayer, bool]] = []
+    try:
+        for plan in plans:
+            target, layer, _ = plan
+            layer.path = target
+            with _maybe_meta(low_cpu_mem_usage):
+                layer.add_adapter(name, config)
+            if not low_cpu_mem_usage:
+                _move_like_base(layer, name)
+            done.append(plan)
+    except Exception:
+        for _, layer, _ in done:
+            layer.delete_adapter(name)
+        raise
+    for target, layer, fresh in plans:
+        if fresh:
+            set_submodule(model, target, layer)
+    return targets
+
+
+def _move_like_base(layer: AdapterLayer, name: str) -> None:
+    """Put the new adapter's tensors on the base layer's device (dtype is the method's choice)."""
+    device = layer.view.device
+    if device.type == "meta":
+        return
+    for param in layer.adapter_parameters(name):
+        if param.device != device:
+            param.data = param.data.to(device)
+
+
+def remove_adapter_layers(model: nn.Module, name: str) -> None:
+    """Delete adapter ``name`` everywhere; layers left with no adapter give their base layer back."""
+    for path, module in list(model.named_modules()):
+        if isinstance(module, (AdapterLayer, ModulesToSave)) and name in module.adapter_names:
+            module.delete_adapter(name)
+            if not module.adapter_names:
+                original = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
+                set_submodule(model, path, original)
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+    for path, module in model.named_modules():
+        if isinstance(module, AdapterLayer):
+            yield path, module
+
+
+def wrap_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -> list[str]:
+    """Wrap (once) every module whose name or dotted suffix is in ``names`` and add a copy for the adapter."""
+    wanted = set(names)
+    paths = [
+        path
+        for path, module in model.named_modules()
+        if path and (path in wanted or path.rsplit(".", 1)[-1] in wanted) and not isinstance(module, AdapterLayer)
+        and ".modules_to_save." not in path and not path.endswith(".original_module")
+    ]
+    for path in paths:
+        module = model.get_submodule(path)
+        if not isinstance(module, ModulesToSave):
+            module = ModulesToSave(module)
+            set_submodule(model, path, module)
+        module.add_adapter(adapter_name)
+    return paths

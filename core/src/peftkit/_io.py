@@ -1,0 +1,83 @@
+"""Reading and writing adapter files: atomic writes, safetensors first, no unpickling by default."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+
+
+class CheckpointError(ValueError):
+    """An adapter weights file is missing, corrupt, or does not fit the model."""
+
+
+def _write_atomic(path: str, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".peftkit-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    _write_atomic(path, write)
+
+
+def config_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """Save contiguous, unshared copies as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().contiguous() for k, v in tensors.items()}
+    _write_atomic(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+
+
+def load_tensors(folder: str, weights_only_bin: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of an adapter folder; a damaged file is a ``CheckpointError``."""
+    file = os.path.join(folder, WEIGHTS_NAME)
+    if os.path.isfile(file):
+        return _load_safetensors(file)
+    legacy = os.path.join(folder, LEGACY_WEIGHTS_NAME)
+    if os.path.isfile(legacy):
+        try:
+            # weights_only=True: a pickle from a stranger may load tensors but never run code.
+            return torch.load(legacy, map_location="cpu", weights_only=weights_only_bin), {}
+        except Exception as exc:
+            raise CheckpointError(f"{legacy} could not be read safely ({type(exc).__name__}: {exc})") from None
+    raise CheckpointError(f"no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}) in {folder!r}")
+
+
+def _load_safetensors(file: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
+            "it may be truncated or corrupt - save the adapter again"
+        ) from None
+    return tensors, metadata

@@ -1,0 +1,82 @@
+"""One adapter folder: written atomically, read with every check done before the model is touched."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from peftkit import _io, _state_dict
+from peftkit._config import CONFIG_NAME, PeftConfig, config_from_dict, read_config_dict
+
+DIGEST_KEY = "peftkit_config_digest"
+
+
+def save_adapter(peft_model: Any, name: str, folder: str) -> None:
+    """Write adapter ``name`` into ``folder``: weights first, then the config they were saved with.
+
+    Both files go through temporary files and renames, and the weights carry a digest of the
+    config, so a save killed between the two renames is detected on load instead of silently
+    pairing new weights with an old config.
+    """
+    os.makedirs(folder, exist_ok=True)
+    config = peft_model.peft_config[name].replace(inference_mode=True)
+    text = config.to_json()
+    tensors = _state_dict.adapter_state_dict(peft_model, name)
+    metadata = {"format": "pt", DIGEST_KEY: _io.config_digest(text)}
+    _io.save_tensors_atomic(tensors, os.path.join(folder, _io.WEIGHTS_NAME), metadata)
+    _io.write_text_atomic(os.path.join(folder, CONFIG_NAME), text)
+
+
+def resolve_folder(model_id: str | os.PathLike[str], subfolder: str | None = None, **hub_kwargs: Any) -> str:
+    """A local adapter folder for ``model_id``: a path, or a Hub repo id resolved through the local cache."""
+    path = os.fspath(model_id)
+    if subfolder:
+        path = os.path.join(path, subfolder)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise _io.CheckpointError(f"{path!r} is a file; pass the adapter folder that contains it")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(os.fspath(model_id), allow_patterns=["*.json", "*.safetensors"], **hub_kwargs)
+    except Exception as exc:
+        raise _io.CheckpointError(
+            f"{path!r} is not a folder and could not be resolved as a Hugging Face Hub repo "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    return os.path.join(local, subfolder) if subfolder else local
+
+
+def read_adapter(
+    model_id: str | os.PathLike[str], config: PeftConfig | None = None, subfolder: str | None = None, **hub_kwargs: Any
+) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of a saved adapter, legacy formats translated by the plugins."""
+    from peftkit._plugins import plugin_manager
+
+    folder = resolve_folder(model_id, subfolder, **hub_kwargs)
+    raw = read_config_dict(folder) if config is None else config.to_dict()
+    tensors, metadata = _io.load_tensors(folder)
+    digest = metadata.get(DIGEST_KEY)
+    if config is None and digest is not None:
+        with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as fh:
+            if _io.config_digest(fh.read()) != digest:
+                raise _io.CheckpointError(
+                    f"{folder}: adapter_config.json does not belong to adapter_model.safetensors "
+                    "(a save was interrupted between writing the two); save the adapter again"
+                )
+    translated = plugin_manager().hook.peftkit_translate_checkpoint(config=raw, tensors=tensors)
+    if translated is not None:
+        raw, tensors = translated
+    loaded = config if config is not None and translated is None else config_from_dict(raw)
+    if not isinstance(loaded, PeftConfig):
+        raise TypeError(f"config must be a peftkit config, got {type(loaded).__name__}")
+    return loaded, tensors
+
+
+def warn_ignored(source: Any, keys: list[str]) -> None:
+    if keys:
+        warnings.warn(f"{source}: ignored {len(keys)} tensor(s) this adapter does not use, e.g. {keys[:3]}")

@@ -1,0 +1,113 @@
+"""Adapter tensors to and from their on-disk keys, in the Hugging Face PEFT format.
+
+On disk a layer adapter's tensor is ``base_model.model.<module path>.<name>`` with the
+adapter-name segment removed (``...q_proj.lora_A.default.weight`` -> ``...q_proj.lora_A.weight``);
+a ``modules_to_save`` copy is saved under the wrapped module's own path; a model-level
+tensor (VeRA's projections) is ``base_model.<attribute>``; with ``bias="all"`` every base bias
+is saved under its in-memory key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit._io import CheckpointError
+from peftkit.layer import AdapterLayer, ModulesToSave
+
+MODEL_PREFIX = "base_model.model."
+
+
+def _disk_key(key: str, name: str) -> str:
+    parts = [p for p in key.split(".") if p != name]
+    if parts and parts[0] == "modules_to_save":
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def adapter_slots(peft_model: Any, name: str) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
+    """Every tensor of adapter ``name``: on-disk key -> (owning module, key in that module, tensor)."""
+    slots: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
+    model = peft_model.base_model.model
+    config = peft_model.peft_config[name]
+    for path, module in model.named_modules():
+        if isinstance(module, (AdapterLayer, ModulesToSave)):
+            for key, tensor in module.adapter_state(name).items():
+                slots[f"{MODEL_PREFIX}{path}.{_disk_key(key, name)}"] = (module, key, tensor)
+    for attr in peft_model.method_for(name).model_level:
+        holder = getattr(peft_model.base_model, attr, None)
+        if holder is not None and name in holder:
+            slots[f"base_model.{attr}"] = (holder, name, holder[name])
+    if config.bias == "all":
+        for key, param in model.named_parameters():
+            if key.endswith("bias") and not any(seg == name for seg in key.split(".")) and ".modules_to_save." not in key:
+                slots[MODEL_PREFIX + key] = (model, key, param)
+    return slots
+
+
+def adapter_state_dict(peft_model: Any, name: str) -> dict[str, torch.Tensor]:
+    """The tensors to save for adapter ``name``, keyed as on disk."""
+    return {key: tensor.detach() for key, (_, _, tensor) in adapter_slots(peft_model, name).items()}
+
+
+def load_adapter_state(peft_model: Any, name: str, tensors: dict[str, torch.Tensor], assign: bool = False) -> list[str]:
+    """Copy ``tensors`` (on-disk keys) into adapter ``name``; check everything before changing anything.
+
+    Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes.
+    Returns the unexpected keys, which are ignored.
+    """
+    slots = adapter_slots(peft_model, name)
+    missing = [k for k in slots if k not in tensors]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint lacks {len(missing)} tensor(s) this adapter needs, e.g. {missing[:3]}; "
+            "was it saved for a different model or config?"
+        )
+    for key, value in tensors.items():
+        if key in slots:
+            _check_compatible(key, slots[key][2], value)
+    per_module: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
+    for key, value in tensors.items():
+        if key in slots:
+            module, inner, current = slots[key]
+            entry = per_module.setdefault(id(module), (module, {}))
+            dtype = current.dtype if current.is_floating_point() and value.is_floating_point() else value.dtype
+            entry[1][inner] = value.to(device=current.device if current.device.type != "meta" else "cpu", dtype=dtype)
+    with torch.no_grad():
+        for module, state in per_module.values():
+            _load_into(module, state, assign)
+    return [k for k in tensors if k not in slots]
+
+
+def _check_compatible(key: str, expected: torch.Tensor, found: Any) -> None:
+    if not isinstance(found, torch.Tensor):
+        raise CheckpointError(f"{key}: expected a tensor, found {type(found).__name__}")
+    if tuple(expected.shape) != tuple(found.shape):
+        raise CheckpointError(
+            f"{key}: the model expects shape {tuple(expected.shape)} but the checkpoint has {tuple(found.shape)}; "
+            "the adapter was saved for a different model or config (r, target_modules)"
+        )
+    if expected.is_floating_point() != found.is_floating_point():
+        raise CheckpointError(f"{key}: the model expects dtype {expected.dtype} but the checkpoint has {found.dtype}")
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], assign: bool) -> None:
+    for key, value in state.items():
+        target = _resolve(module, key)
+        if assign or target.device.type == "meta":
+            owner_path, _, attr = key.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            if attr in owner._parameters:
+                owner._parameters[attr] = nn.Parameter(value, requires_grad=target.requires_grad)
+            else:
+                owner._buffers[attr] = value
+        else:
+            target.data.copy_(value)
+
+
+def _resolve(module: nn.Module, key: str) -> torch.Tensor:
+    owner_path, _, attr = key.rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    return getattr(owner, attr)

@@ -1,0 +1,110 @@
+"""Which modules of a model a config targets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from peftkit._config import ConfigError
+
+ALL_LINEAR = "all-linear"
+_DEFAULT_LAYER_INDEX = re.compile(r".*\.[^.]*\.(\d+)\.")
+
+
+class NoTargetError(ConfigError):
+    """The config's targets matched no module of the model."""
+
+
+def _name_matcher(spec: str | Sequence[str] | None) -> Callable[[str], bool]:
+    """One compiled test for a list of names (exact or dotted suffix) or a full-match regex."""
+    if spec is None:
+        return lambda _name: False
+    if isinstance(spec, str):
+        pattern = re.compile(spec)
+        return lambda name: pattern.fullmatch(name) is not None
+    exact = set(spec)
+    return lambda name: name in exact or name.rsplit(".", 1)[-1] in exact or any(
+        name.endswith("." + t) for t in exact if "." in t
+    )
+
+
+def _layer_index_matcher(config: Any) -> Callable[[str], bool]:
+    layers = config.layers_to_transform
+    if layers is None:
+        return lambda _name: True
+    wanted = {layers} if isinstance(layers, int) else set(layers)
+    patterns = config.layers_pattern
+    if patterns:
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        regexes = [re.compile(rf".*\.{re.escape(p)}\.(\d+)\.") for p in patterns]
+    else:
+        regexes = [_DEFAULT_LAYER_INDEX]
+
+    def match(name: str) -> bool:
+        for regex in regexes:
+            found = regex.match(name)
+            if found:
+                return int(found.group(1)) in wanted
+        return False
+
+    return match
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return {name for name, module in model.named_modules() if head is not None and module is head}
+
+
+def resolve_target_spec(config: Any, model: nn.Module, default_targets: dict[str, Sequence[str]]) -> Any:
+    """The config's ``target_modules``, or the method's default for the model's ``model_type``."""
+    if config.target_modules is not None:
+        return config.target_modules
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in default_targets:
+        return list(default_targets[model_type])
+    raise ConfigError(
+        f"target_modules is not set and the method has no default for model_type {model_type!r}; "
+        "pass target_modules=[...] (module names) or 'all-linear'"
+    )
+
+
+def find_targets(
+    model: nn.Module,
+    config: Any,
+    default_targets: dict[str, Sequence[str]],
+    is_linear: Callable[[nn.Module], bool],
+    skip: Callable[[nn.Module], bool],
+) -> list[str]:
+    """Names of the modules to adapt, in model order; an error lists what was asked when nothing matches.
+
+    ``skip`` says which modules are adapter layers: their children are never targets.
+    """
+    spec = resolve_target_spec(config, model, default_targets)
+    heads = _output_head_names(model) if spec == ALL_LINEAR else set()
+    wanted = (lambda n, m: is_linear(m) and n not in heads) if spec == ALL_LINEAR else _wrap(_name_matcher(spec))
+    excluded = _name_matcher(config.exclude_modules)
+    in_layer = _layer_index_matcher(config)
+    found, inside = [], []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(p) for p in inside):
+            continue
+        if skip(module):
+            inside.append(name + ".")
+        if wanted(name, module) and not excluded(name) and in_layer(name):
+            found.append(name)
+    if not found:
+        names = [n for n, _ in model.named_modules() if n][:12]
+        raise NoTargetError(
+            f"target_modules={spec!r} (exclude_modules={config.exclude_modules!r}, "
+            f"layers_to_transform={config.layers_to_transform!r}) matched no module; "
+            f"some module names in this model: {names}"
+        )
+    return found
+
+
+def _wrap(match: Callable[[str], bool]) -> Callable[[str, nn.Module], bool]:
+    return lambda name, _module: match(name)

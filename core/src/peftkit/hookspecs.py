@@ -1,0 +1,47 @@
+"""The plugin contract: every hook a peftkit plugin can implement.
+
+A plugin is a module named by an entry point in the ``peftkit`` group. It implements any of
+these hooks with ``@peftkit.hookimpl``. Heavy imports (torch, transformers) belong inside the
+objects a hook hands over, never at the plugin module's top level.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from peftkit._registry import Method
+
+hookspec = pluggy.HookspecMarker("peftkit")
+
+
+@hookspec
+def peftkit_register_methods(register: Callable[[Method], None]) -> None:
+    """Called once at discovery: call ``register(Method(...))`` for each method the plugin provides."""
+
+
+@hookspec(firstresult=True)
+def peftkit_base_layer_view(module: Any) -> Any:
+    """Called for each module to adapt: return a ``BaseLayerView`` for it, or None to let others answer.
+
+    The core's dense view answers last (``trylast``), so backends such as bitsandbytes answer first.
+    """
+
+
+@hookspec(firstresult=True)
+def peftkit_translate_checkpoint(config: dict[str, Any], tensors: dict[str, Any]) -> Any:
+    """Called when loading an adapter: return ``(config, tensors)`` rewritten into a current format
+    (for example a legacy Bone folder read as MiSS), or None when the checkpoint is not yours."""
+
+
+@hookspec
+def peftkit_describe_backends() -> list[tuple[str, list[str]]]:
+    """Called by ``peftkit list-methods``: return ``[(backend name, [layer type names])]`` served by this plugin."""
+
+
+@hookspec
+def peftkit_register_converters(register: Callable[[str, Callable[[str, str], None], str], None]) -> None:
+    """Called by ``peftkit convert``: ``register(name, convert(in_dir, out_dir), help)`` for each format converter
+    (for example ``"bone-to-miss"``)."""

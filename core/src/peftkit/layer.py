@@ -1,0 +1,232 @@
+"""The adapter layer contract: a base layer, its view, and any number of named adapters.
+
+A method subclasses :class:`AdapterLayer` and implements three things:
+
+* ``create_adapter(name, config)``: make the adapter's tensors, stored in ``nn.ModuleDict`` /
+  ``nn.ParameterDict`` attributes whose names start with the method's prefix and are keyed
+  by adapter name (``self.lora_A[name]``). That naming is what the core saves, freezes,
+  counts and deletes by.
+* ``adapter_forward(x, result, name)``: add the adapter's contribution to the base output.
+* merging, either additive (``delta_weight(name)``, optionally ``delta_bias(name)``) or, for
+  methods that are a function of the base weight, ``merged_weight(W, name)`` together with its
+  exact inverse ``unmerged_weight(W, name)``.
+
+Everything else (activation, disabling, safe merging, dtype handling, deletion) lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit.views import BaseLayerView, MergeNotSupportedError
+
+
+class UnsafeMergeError(ValueError):
+    """Merging would put NaN or inf into the base weight; nothing was changed."""
+
+
+class AdapterLayer(nn.Module):
+    """A base layer plus named adapters of one method. See the module docstring for the contract."""
+
+    #: Plain-dict attributes keyed by adapter name (scalings, per-adapter settings) to clean on delete.
+    adapter_dicts: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.view = view
+        self.adapter_configs: dict[str, Any] = {}
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disable_adapters = False
+
+    # --- the method's part -------------------------------------------------------------
+    def create_adapter(self, name: str, config: Any) -> None:
+        raise NotImplementedError
+
+    def adapter_forward(self, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The additive update in the view's weight layout; non-additive methods override merged_weight."""
+        raise NotImplementedError(f"{type(self).__name__} does not define how to merge")
+
+    def delta_bias(self, name: str) -> torch.Tensor | None:
+        return None
+
+    def merged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        return weight + self.delta_weight(name).to(weight.dtype)
+
+    def unmerged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        return weight - self.delta_weight(name).to(weight.dtype)
+
+    @property
+    def is_additive(self) -> bool:
+        return type(self).merged_weight is AdapterLayer.merged_weight
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def add_adapter(self, name: str, config: Any) -> None:
+        """Create adapter ``name``; it starts inactive and untrainable (the model decides both)."""
+        self.create_adapter(name, config)
+        self.adapter_configs[name] = config
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.adapter_configs)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def adapter_state(self, name: str, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The tensors (parameters and persistent buffers) of adapter ``name``, with in-memory keys."""
+        return {
+            prefix + key: value
+            for key, value in self.state_dict(keep_vars=True).items()
+            if not key.startswith("base_layer.") and name in key.split(".")
+        }
+
+    def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        for key, param in self.named_parameters():
+            if not key.startswith("base_layer.") and name in key.split("."):
+                yield param
+
+    def set_requires_grad(self, names: Sequence[str], requires_grad: bool) -> None:
+        for name in names:
+            for param in self.adapter_parameters(name):
+                if param.is_floating_point() or param.is_complex():
+                    param.requires_grad_(requires_grad)
+
+    def set_active(self, names: Sequence[str]) -> None:
+        """Make ``names`` (those present here) the adapters used in forward; gradients are untouched."""
+        self.active_adapters = [n for n in names if n in self.adapter_configs]
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            self.unmerge(adapter_names=[name])
+        for child in list(self._modules.values()):
+            if isinstance(child, (nn.ModuleDict, nn.ParameterDict)) and name in child:
+                del child[name]
+        for attr in self.adapter_dicts:
+            getattr(self, attr).pop(name, None)
+        self.adapter_configs.pop(name, None)
+        self.active_adapters = [n for n in self.active_adapters if n != name]
+
+    # --- forward ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged_adapters:
+                self.unmerge()
+            return self.view.forward(x, *args, **kwargs)
+        result = self.view.forward(x, *args, **kwargs)
+        for name in self.active_adapters:
+            if name not in self.merged_adapters:
+                result = self.adapter_forward(x, result, name)
+        return result
+
+    # --- merging ------------------------------------------------------------------------
+    def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
+        """Fold adapters (default: the active ones) into the base weight; merging twice is a no-op."""
+        names = self.active_adapters if adapter_names is None else adapter_names
+        names = [n for n in names if n in self.adapter_configs and n not in self.merged_adapters]
+        if names and not self.view.supports_merge:
+            raise MergeNotSupportedError(
+                f"{type(self).__name__}: the base layer {self.view.layer_type} cannot be merged into"
+            )
+        for name in names:
+            self._merge_one(name, safe_merge)
+            self.merged_adapters.append(name)
+
+    def _merge_one(self, name: str, safe_merge: bool) -> None:
+        bias_delta = self.delta_bias(name)
+        if self.is_additive and not safe_merge:
+            self.view.add_to_weight(self.delta_weight(name))
+        else:
+            weight = self.view.read_weight()
+            new = self.merged_weight(weight.float(), name)
+            if safe_merge and not torch.isfinite(new).all():
+                raise UnsafeMergeError(
+                    f"merging adapter {name!r} would put NaN/inf into {self.view.layer_type}; "
+                    "the base weight was left unchanged"
+                )
+            self.view.write_weight(new)
+        if bias_delta is not None:
+            self.view.add_to_bias(bias_delta)
+
+    def unmerge(self, adapter_names: Sequence[str] | None = None) -> None:
+        """Take merged adapters (default: all) back out of the base weight, last merged first."""
+        for name in list(reversed(self.merged_adapters)):
+            if adapter_names is not None and name not in adapter_names:
+                continue
+            if self.is_additive:
+                self.view.add_to_weight(-self.delta_weight(name))
+            else:
+                self.view.write_weight(self.unmerged_weight(self.view.read_weight().float(), name))
+            bias_delta = self.delta_bias(name)
+            if bias_delta is not None:
+                self.view.add_to_bias(-bias_delta)
+            self.merged_adapters.remove(name)
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"
+
+
+class ModulesToSave(nn.Module):
+    """A module trained in full beside the adapters: one copy per adapter, the original kept frozen."""
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        self.original_module = original
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.disable_adapters = False
+
+    def add_adapter(self, name: str) -> None:
+        import copy
+
+        clone = copy.deepcopy(self.original_module)
+        clone.requires_grad_(False)
+        self.modules_to_save[name] = clone
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.modules_to_save)
+
+    def set_active(self, names: Sequence[str]) -> None:
+        present = [n for n in names if n in self.modules_to_save]
+        self.active_adapter = present[0] if present else None
+
+    def set_requires_grad(self, names: Sequence[str], requires_grad: bool) -> None:
+        for name in names:
+            if name in self.modules_to_save:
+                self.modules_to_save[name].requires_grad_(requires_grad)
+
+    def adapter_state(self, name: str, prefix: str = "") -> dict[str, torch.Tensor]:
+        if name not in self.modules_to_save:
+            return {}
+        return {f"{prefix}modules_to_save.{name}.{k}": v for k, v in self.modules_to_save[name].state_dict(keep_vars=True).items()}
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.modules_to_save:
+            del self.modules_to_save[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    def current(self) -> nn.Module:
+        if self.disable_adapters or self.active_adapter is None:
+            return self.original_module
+        return self.modules_to_save[self.active_adapter]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.current()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # Code that reads attributes of the wrapped head (``weight``, ``out_features``) keeps working.
+            return getattr(self._modules["original_module"], name)

@@ -1,0 +1,418 @@
+"""The model wrapper users hold: adapters, activation, training flags, merging, saving, loading."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit import _injection, _io, _state_dict
+from peftkit._registry import Method
+from peftkit._config import CONFIG_NAME, ConfigError, PeftConfig, config_from_dict, read_config_dict
+from peftkit.layer import AdapterLayer, ModulesToSave
+
+SEQ_CLS_HEADS = ["classifier", "score"]
+
+
+class AdaptedModel(nn.Module):
+    """Holds the user's model as ``.model`` (hence the ``base_model.model.`` keys) and model-level tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+
+class PeftModel(nn.Module):
+    """A transformers or PyTorch model with named adapters of one method.
+
+    Build it with :func:`peftkit.get_peft_model` or :meth:`PeftModel.from_pretrained`. Attributes
+    it does not define (``config``, ``generate``...) are looked up on the wrapped model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PeftConfig,
+        adapter_name: str = "default",
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+    ) -> None:
+        super().__init__()
+        self.base_model = AdaptedModel(model)
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.active_adapters: list[str] = []
+        self.autocast_adapter_dtype = autocast_adapter_dtype
+        self.add_adapter(adapter_name, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
+        self.set_adapter(adapter_name)
+
+    # --- lookups ------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["base_model"], name)
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model (with adapter layers inside)."""
+        return self.base_model.model
+
+    def method_for(self, adapter_name: str) -> Method:
+        from peftkit._plugins import registry
+
+        return registry().by_peft_type(str(self.peft_config[adapter_name].peft_type))
+
+    @property
+    def active_adapter(self) -> str:
+        return self.active_adapters[0] if self.active_adapters else ""
+
+    @property
+    def active_peft_config(self) -> PeftConfig:
+        return self.peft_config[self.active_adapter]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get_base_model()(*args, **kwargs)
+
+    def _adapter_modules(self) -> Iterator[AdapterLayer | ModulesToSave]:
+        for module in self.get_base_model().modules():
+            if isinstance(module, (AdapterLayer, ModulesToSave)):
+                yield module
+
+    # --- adapters -----------------------------------------------------------------------
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+        """Add an adapter; it is trainable unless ``peft_config.inference_mode``, and inactive until set_adapter."""
+        if adapter_name in self.peft_config:
+            raise ValueError(f"an adapter named {adapter_name!r} already exists; delete_adapter it first or pick another name")
+        if not isinstance(peft_config, PeftConfig):
+            raise TypeError(f"expected a peftkit config, got {type(peft_config).__name__}")
+        if self.peft_config and peft_config.peft_type != next(iter(self.peft_config.values())).peft_type:
+            raise ConfigError(
+                f"this model holds {next(iter(self.peft_config.values())).peft_type} adapters; "
+                f"cannot add a {peft_config.peft_type} adapter to it"
+            )
+        from peftkit._plugins import registry
+
+        method = registry().by_peft_type(str(peft_config.peft_type))
+        peft_config = self._prepare_config(peft_config)
+        model = self.get_base_model()
+        first = not self.peft_config
+        self.peft_config[adapter_name] = peft_config
+        try:
+            _injection.inject_adapter(model, method, peft_config, adapter_name, low_cpu_mem_usage)
+            if peft_config.modules_to_save:
+                _injection.wrap_modules_to_save(model, list(peft_config.modules_to_save), adapter_name)
+        except Exception:
+            _injection.remove_adapter_layers(model, adapter_name)
+            del self.peft_config[adapter_name]
+            raise
+        self._cast_adapter(adapter_name)
+        if first:
+            model.requires_grad_(False)
+        self.set_requires_grad(adapter_name, not peft_config.inference_mode)
+        self._set_bias_trainable(peft_config)
+
+    def _prepare_config(self, config: PeftConfig) -> PeftConfig:
+        changes: dict[str, Any] = {}
+        if config.base_model_name_or_path is None:
+            changes["base_model_name_or_path"] = getattr(self.get_base_model(), "name_or_path", None) or None
+        if config.task_type == "SEQ_CLS":
+            heads = [h for h in SEQ_CLS_HEADS if any(n.rsplit(".", 1)[-1] == h for n, _ in self.get_base_model().named_modules())]
+            wanted = list(config.modules_to_save or [])
+            changes["modules_to_save"] = wanted + [h for h in heads if h not in wanted]
+        return config.replace(**changes) if changes else config
+
+    def _cast_adapter(self, adapter_name: str) -> None:
+        """Adapter weights follow the base dtype, except that fp16/bf16 bases get fp32 adapters when autocasting."""
+        for module in self._adapter_modules():
+            if not isinstance(module, AdapterLayer) or adapter_name not in module.adapter_names:
+                continue
+            base_dtype = module.view.weight_dtype
+            target = base_dtype if base_dtype.is_floating_point else torch.float32
+            if self.autocast_adapter_dtype and target in (torch.float16, torch.bfloat16):
+                target = torch.float32
+            for param in module.adapter_parameters(adapter_name):
+                if param.is_floating_point() and param.dtype != target and param.device.type != "meta":
+                    param.data = param.data.to(target)
+
+    def _set_bias_trainable(self, config: PeftConfig) -> None:
+        if config.bias == "all" and not config.inference_mode:
+            for name, param in self.get_base_model().named_parameters():
+                if name.endswith("bias") and ".modules_to_save." not in name:
+                    param.requires_grad_(True)
+
+    def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
+        """Use these adapters in forward. Gradients are not touched: see set_requires_grad."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
+        for module in self._adapter_modules():
+            if isinstance(module, AdapterLayer) and module.merged_adapters and set(module.merged_adapters) != set(names):
+                warnings.warn("set_adapter on a merged model: unmerging first")
+                module.unmerge()
+            module.set_active(names)
+        self.active_adapters = names
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """Turn training on or off for these adapters, whatever is active."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
+        for module in self._adapter_modules():
+            module.set_requires_grad(names, requires_grad)
+        for attr in {a for n in names for a in self.method_for(n).model_level}:
+            holder = getattr(self.base_model, attr, None)
+            for n in names:
+                if holder is not None and n in holder and holder[n].is_floating_point():
+                    holder[n].requires_grad_(requires_grad and getattr(holder, "trainable", True))
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"unknown adapter {adapter_name!r}; this model has {list(self.peft_config)}")
+        _injection.remove_adapter_layers(self.get_base_model(), adapter_name)
+        for attr in self.method_for(adapter_name).model_level:
+            holder = getattr(self.base_model, attr, None)
+            if holder is not None and adapter_name in holder:
+                del holder[adapter_name]
+        del self.peft_config[adapter_name]
+        self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
+        if not self.active_adapters and self.peft_config:
+            self.set_adapter(next(iter(self.peft_config)))
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the base model alone inside this block."""
+        modules = list(self._adapter_modules())
+        for module in modules:
+            module.disable_adapters = True
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.disable_adapters = False
+
+    # --- merging ------------------------------------------------------------------------
+    def merge_adapter(self, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
+        """Fold adapters (default: active) into the base weights; with ``safe_merge`` NaN/inf are caught first."""
+        layers = [m for m in self._adapter_modules() if isinstance(m, AdapterLayer)]
+        if safe_merge:
+            self._check_merge_safe(layers, adapter_names)
+        for layer in layers:
+            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def _check_merge_safe(self, layers: list[AdapterLayer], adapter_names: Sequence[str] | None) -> None:
+        """Check every layer before merging any, so a bad adapter leaves the whole model untouched."""
+        from peftkit.layer import UnsafeMergeError
+
+        for layer in layers:
+            names = layer.active_adapters if adapter_names is None else adapter_names
+            weight = layer.view.read_weight().float()
+            for name in names:
+                if name in layer.adapter_configs and name not in layer.merged_adapters:
+                    weight = layer.merged_weight(weight, name)
+            if not torch.isfinite(weight).all():
+                raise UnsafeMergeError(
+                    f"merging {list(names)} would put NaN/inf into a {layer.view.layer_type}; nothing was merged"
+                )
+
+    def unmerge_adapter(self) -> None:
+        for module in self._adapter_modules():
+            if isinstance(module, AdapterLayer):
+                module.unmerge()
+
+    def merge_and_unload(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> nn.Module:
+        """Merge adapters into the base weights and return the plain model, adapter layers removed."""
+        self.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+        return self._unload(keep_merged=True)
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter layer without merging and return the original model."""
+        return self._unload(keep_merged=False)
+
+    def _unload(self, keep_merged: bool) -> nn.Module:
+        model = self.get_base_model()
+        for path, module in list(model.named_modules()):
+            if isinstance(module, AdapterLayer):
+                if not keep_merged:
+                    module.unmerge()
+                _injection.set_submodule(model, path, module.base_layer)
+            elif isinstance(module, ModulesToSave):
+                _injection.set_submodule(model, path, module.current() if keep_merged else module.original_module)
+        return model
+
+    # --- parameters ---------------------------------------------------------------------
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), counting each shared tensor once."""
+        trainable = total = 0
+        for param in self.parameters():
+            count = param.numel()
+            if hasattr(param, "quant_state") or type(param).__name__ == "Params4bit":
+                count *= 2  # 4-bit weights pack two values per byte-sized element
+            total += count
+            if param.requires_grad:
+                trainable += count
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    def get_layer_status(self) -> list[Any]:
+        from peftkit._status import layer_status
+
+        return layer_status(self)
+
+    def get_model_status(self) -> Any:
+        from peftkit._status import model_status
+
+        return model_status(self)
+
+    # --- saving and loading -------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        selected_adapters: Sequence[str] | None = None,
+        safe_serialization: bool = True,
+        is_main_process: bool = True,
+    ) -> None:
+        """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``; non-default ones in a sub-folder."""
+        if not safe_serialization:
+            raise ValueError("peftkit saves safetensors only; pickled .bin adapters can run code when loaded")
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"cannot save unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
+        if not is_main_process:
+            return
+        from peftkit._saving import save_adapter
+
+        for name in names:
+            folder = os.fspath(save_directory) if name == "default" else os.path.join(os.fspath(save_directory), name)
+            save_adapter(self, name, folder)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | os.PathLike[str],
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        config: PeftConfig | None = None,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        **kwargs: Any,
+    ) -> PeftModel:
+        """Wrap ``model`` and load the adapter saved in ``model_id``; on error ``model`` is left as it was."""
+        from peftkit._saving import read_adapter
+
+        loaded_config, tensors = read_adapter(model_id, config, **kwargs)
+        loaded_config = loaded_config.replace(inference_mode=not is_trainable)
+        wrapper = model_class_for(loaded_config)
+        peft_model = wrapper(
+            model, loaded_config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+        )
+        try:
+            peft_model._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
+        except Exception:
+            peft_model.unload()
+            raise
+        return peft_model
+
+    def load_adapter(
+        self,
+        model_id: str | os.PathLike[str],
+        adapter_name: str,
+        is_trainable: bool = False,
+        low_cpu_mem_usage: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Load another saved adapter under ``adapter_name``; on error the model is left as it was."""
+        from peftkit._saving import read_adapter
+
+        config, tensors = read_adapter(model_id, None, **kwargs)
+        self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable), low_cpu_mem_usage)
+        try:
+            self._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
+        except Exception:
+            self.delete_adapter(adapter_name)
+            raise
+
+    def _load_state(self, name: str, tensors: dict[str, torch.Tensor], assign: bool, source: Any) -> None:
+        unexpected = _state_dict.load_adapter_state(self, name, tensors, assign=assign)
+        if unexpected:
+            warnings.warn(f"{source}: ignored {len(unexpected)} tensor(s) this adapter does not use, e.g. {unexpected[:3]}")
+        if assign:
+            self._cast_adapter(name)
+
+
+class PeftModelForCausalLM(PeftModel):
+    """Causal language models: ``forward`` and ``generate`` pass through."""
+
+
+class PeftModelForSeq2SeqLM(PeftModel):
+    """Encoder-decoder models: ``forward`` and ``generate`` pass through."""
+
+
+class PeftModelForSequenceClassification(PeftModel):
+    """Sequence classification: the ``classifier``/``score`` head is trained and saved with the adapter."""
+
+
+class PeftModelForTokenClassification(PeftModel):
+    """Token classification: ``forward`` passes through."""
+
+
+class PeftModelForQuestionAnswering(PeftModel):
+    """Extractive question answering: ``forward`` passes through."""
+
+
+class PeftModelForFeatureExtraction(PeftModel):
+    """Feature extraction (embeddings): ``forward`` passes through."""
+
+
+TASK_MODELS: dict[str | None, type[PeftModel]] = {
+    None: PeftModel,
+    "CAUSAL_LM": PeftModelForCausalLM,
+    "SEQ_2_SEQ_LM": PeftModelForSeq2SeqLM,
+    "SEQ_CLS": PeftModelForSequenceClassification,
+    "TOKEN_CLS": PeftModelForTokenClassification,
+    "QUESTION_ANS": PeftModelForQuestionAnswering,
+    "FEATURE_EXTRACTION": PeftModelForFeatureExtraction,
+}
+
+
+def model_class_for(config: PeftConfig) -> type[PeftModel]:
+    return TASK_MODELS[config.task_type]
+
+
+def get_peft_model(
+    model: nn.Module,
+    peft_config: PeftConfig,
+    adapter_name: str = "default",
+    autocast_adapter_dtype: bool = True,
+    low_cpu_mem_usage: bool = False,
+) -> PeftModel:
+    """Wrap ``model`` with a new, trainable adapter described by ``peft_config``."""
+    if isinstance(model, PeftModel):
+        raise ValueError("this model is already a PeftModel; use model.add_adapter(name, config) to add another adapter")
+    return model_class_for(peft_config)(
+        model, peft_config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+        low_cpu_mem_usage=low_cpu_mem_usage,
+    )
+
+
+__all__ = ["CONFIG_NAME", "PeftModel", "get_peft_model", "read_config_dict", "config_from_dict", "_io"]

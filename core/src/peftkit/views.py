@@ -1,0 +1,137 @@
+"""Base-layer views: one small object per adapted layer that hides how its weight is stored.
+
+Methods are written once against this interface; a backend (dense here, bitsandbytes in its
+plugin) supplies the view. The weight a view reads and writes is always in PyTorch's layout
+for the layer kind: ``(out, in)`` for linear layers (GPT-2 ``Conv1D`` is transposed for you),
+``(out, in/groups, *kernel)`` for convolutions, ``(num_embeddings, dim)`` for embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class MergeNotSupportedError(RuntimeError):
+    """The base layer cannot take a merged weight (for example an integer weight with no writer)."""
+
+
+class BaseLayerView:
+    """What a method may ask of the layer it adapts. Subclass and override what differs.
+
+    Attributes: ``kind`` is ``"linear"``, ``"embedding"`` or ``"conv"``; ``in_features`` and
+    ``out_features`` are the logical sizes (channels for convolutions, vocabulary and dim for
+    embeddings); ``fan_in_fan_out`` is True when the stored weight is ``(in, out)``.
+    """
+
+    kind: str = "linear"
+    supports_merge: bool = True
+    fan_in_fan_out: bool = False
+
+    def __init__(self, module: nn.Module, in_features: int, out_features: int) -> None:
+        self.module = module
+        self.in_features = in_features
+        self.out_features = out_features
+
+    @property
+    def layer_type(self) -> str:
+        return type(self.module).__name__
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.module.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.weight.device
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.module, "bias", None)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base layer's own forward."""
+        return self.module(x, *args, **kwargs)
+
+    def read_weight(self) -> torch.Tensor:
+        """The dense weight in the layout above; may share memory with the layer (do not modify it)."""
+        raise NotImplementedError
+
+    def write_weight(self, weight: torch.Tensor) -> None:
+        """Store ``weight`` (same layout as ``read_weight``) into the layer, in the layer's dtype."""
+        raise MergeNotSupportedError(f"{self.layer_type} cannot be written to by peftkit")
+
+    def add_to_weight(self, delta: torch.Tensor) -> None:
+        """Add ``delta`` to the weight; dense views do it in place."""
+        self.write_weight(self.read_weight().to(delta.dtype) + delta)
+
+    def add_to_bias(self, delta: torch.Tensor) -> None:
+        """Add ``delta`` to the bias; a layer without bias cannot take one."""
+        bias = self.bias
+        if bias is None:
+            raise MergeNotSupportedError(f"{self.layer_type} has no bias to merge an adapter bias into")
+        bias.data.add_(delta.to(bias.dtype))
+
+
+class DenseView(BaseLayerView):
+    """A view on a layer whose ``weight`` parameter is an ordinary float tensor."""
+
+    def read_weight(self) -> torch.Tensor:
+        weight = self.module.weight.data
+        return weight.T if self.fan_in_fan_out else weight
+
+    def write_weight(self, weight: torch.Tensor) -> None:
+        target = self.module.weight.data
+        target.copy_(weight.T if self.fan_in_fan_out else weight)
+
+    def add_to_weight(self, delta: torch.Tensor) -> None:
+        target = self.module.weight.data
+        target.add_((delta.T if self.fan_in_fan_out else delta).to(target.dtype))
+
+
+class LinearView(DenseView):
+    kind = "linear"
+
+
+class Conv1DView(DenseView):
+    """transformers' GPT-2 ``Conv1D``: a linear layer whose weight is stored ``(in, out)``."""
+
+    kind = "linear"
+    fan_in_fan_out = True
+
+    def __init__(self, module: nn.Module) -> None:
+        in_features, out_features = module.weight.shape
+        super().__init__(module, in_features, out_features)
+
+
+class EmbeddingView(DenseView):
+    kind = "embedding"
+
+    def __init__(self, module: nn.Embedding) -> None:
+        super().__init__(module, module.num_embeddings, module.embedding_dim)
+
+    def embedding_kwargs(self) -> dict[str, Any]:
+        """The arguments ``F.embedding`` needs to reproduce this layer's lookup."""
+        m = self.module
+        return {
+            "padding_idx": m.padding_idx,
+            "max_norm": m.max_norm,
+            "norm_type": m.norm_type,
+            "scale_grad_by_freq": m.scale_grad_by_freq,
+            "sparse": m.sparse,
+        }
+
+
+class ConvView(DenseView):
+    kind = "conv"
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module, module.in_channels, module.out_channels)
+        self.conv_dim = module.weight.dim() - 2
+        self.kernel_size = tuple(module.kernel_size)
+        self.stride = tuple(module.stride)
+        self.padding = module.padding
+        self.dilation = tuple(module.dilation)
+        self.groups = module.groups

@@ -1,0 +1,147 @@
+"""The LoRA layer: ``y = base(x) + scaling * B(A(dropout(x)))`` for every active adapter.
+
+Shapes by base-layer kind (``r`` = rank, ``scaling = alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA):
+
+* linear (``nn.Linear``, GPT-2 ``Conv1D``): ``lora_A`` ``(r, in)``, ``lora_B`` ``(out, r)``;
+  ``delta_W = scaling * B @ A`` in ``(out, in)`` layout.
+* embedding: ``lora_embedding_A`` ``(r, num_embeddings)``, ``lora_embedding_B`` ``(dim, r)``;
+  ``delta_W = scaling * (B @ A).T``.
+* convolution: ``lora_A`` a convolution with the base kernel, stride, padding and dilation to
+  ``r`` channels; ``lora_B`` a 1x1 convolution back to ``out`` channels (grouped like the base).
+
+Each kind is one entry of ``_KINDS``; adding a kind is adding an entry.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftkit import AdapterLayer
+
+
+class LoraLayer(AdapterLayer):
+    adapter_dicts = ("scaling", "r")
+
+    def __init__(self, base_layer: nn.Module, view: Any) -> None:
+        super().__init__(base_layer, view)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.r: dict[str, int] = {}
+        self.kind = _KINDS[view.kind]
+
+    def create_adapter(self, name: str, config: Any) -> None:
+        r, alpha = config.rank_and_alpha(getattr(self, "path", ""))
+        if r <= 0:
+            raise ValueError(f"LoRA r must be positive, got {r} for {getattr(self, 'path', 'this layer')}")
+        self.r[name] = r
+        self.scaling[name] = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+        self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.kind.create(self, name, r, config)
+
+    def adapter_forward(self, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        return self.kind.forward(self, x, result, name)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        return self.kind.delta(self, name)
+
+    def delta_bias(self, name: str) -> torch.Tensor | None:
+        if name in self.lora_B and self.lora_B[name].bias is not None:
+            return self.lora_B[name].bias.detach() * self.scaling[name]
+        return None
+
+
+class _LinearKind:
+    @staticmethod
+    def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
+        view = layer.view
+        layer.lora_A[name] = nn.Linear(view.in_features, r, bias=False)
+        layer.lora_B[name] = nn.Linear(r, view.out_features, bias=config.lora_bias)
+        _init_ab(layer.lora_A[name].weight, layer.lora_B[name], r, config.init_lora_weights)
+
+    @staticmethod
+    def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
+        h = lora_B(lora_A(layer.lora_dropout[name](x.to(lora_A.weight.dtype))))
+        return result + (h * layer.scaling[name]).to(result.dtype)
+
+    @staticmethod
+    def delta(layer: LoraLayer, name: str) -> torch.Tensor:
+        return (layer.lora_B[name].weight @ layer.lora_A[name].weight) * layer.scaling[name]
+
+
+class _EmbeddingKind:
+    @staticmethod
+    def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
+        if config.lora_bias:
+            raise ValueError("lora_bias=True is not supported on embedding layers")
+        view = layer.view
+        layer.lora_embedding_A[name] = nn.Parameter(torch.randn(r, view.in_features))
+        layer.lora_embedding_B[name] = nn.Parameter(torch.randn(view.out_features, r))
+        if config.init_lora_weights is not False:
+            # Embedding convention: A starts at zero and B random, so the update is zero at start.
+            nn.init.zeros_(layer.lora_embedding_A[name])
+            nn.init.normal_(layer.lora_embedding_B[name])
+
+    @staticmethod
+    def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        A, B = layer.lora_embedding_A[name], layer.lora_embedding_B[name]
+        after_a = F.embedding(x, A.T, **layer.view.embedding_kwargs())
+        return result + ((after_a @ B.T) * layer.scaling[name]).to(result.dtype)
+
+    @staticmethod
+    def delta(layer: LoraLayer, name: str) -> torch.Tensor:
+        A, B = layer.lora_embedding_A[name], layer.lora_embedding_B[name]
+        return (B @ A).T * layer.scaling[name]
+
+
+class _ConvKind:
+    @staticmethod
+    def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
+        view = layer.view
+        if r % view.groups:
+            raise ValueError(f"LoRA r={r} must be divisible by the convolution's groups={view.groups}")
+        conv = type(view.module)
+        ones = (1,) * view.conv_dim
+        layer.lora_A[name] = conv(
+            view.in_features, r, view.kernel_size, view.stride, view.padding, dilation=view.dilation, bias=False
+        )
+        layer.lora_B[name] = conv(r, view.out_features, ones, ones, groups=view.groups, bias=config.lora_bias)
+        _init_ab(layer.lora_A[name].weight, layer.lora_B[name], r, config.init_lora_weights)
+
+    @staticmethod
+    def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        return _LinearKind.forward(layer, x, result, name)
+
+    @staticmethod
+    def delta(layer: LoraLayer, name: str) -> torch.Tensor:
+        view = layer.view
+        A = layer.lora_A[name].weight  # (r, in, *k)
+        B = layer.lora_B[name].weight.flatten(1)  # (out, r / groups)
+        if view.groups > 1:
+            raise NotImplementedError("merging LoRA into a grouped convolution is not supported")
+        delta = torch.einsum("or,ri...->oi...", B, A)
+        return delta * layer.scaling[name]
+
+
+def _init_ab(a_weight: torch.Tensor, lora_B: nn.Module, r: int, init: bool | str) -> None:
+    if init is False:
+        return
+    if init is True:
+        nn.init.kaiming_uniform_(a_weight, a=math.sqrt(5))
+    else:  # "gaussian"
+        nn.init.normal_(a_weight, std=1 / r)
+    nn.init.zeros_(lora_B.weight)
+    if lora_B.bias is not None:
+        nn.init.zeros_(lora_B.bias)
+
+
+_KINDS = {"linear": _LinearKind, "embedding": _EmbeddingKind, "conv": _ConvKind}
