@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := -c constraints.txt
-PACKAGES := -e core -e plugins/lora
+PACKAGES := -e "core[test]" $(foreach p,$(sort $(wildcard plugins/*)),-e $(p))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(VENV)/.installed: constraints.txt core/pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install -q $(CONSTRAINTS) $(PACKAGES) "peftkit[test] @ file://$(CURDIR)/core"
+	$(PIP) install -q $(CONSTRAINTS) $(PACKAGES)
 	touch $@
 
 install: $(VENV)/.installed
