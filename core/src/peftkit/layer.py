@@ -148,7 +148,8 @@ class AdapterLayer(nn.Module):
         else:
             weight = self.view.read_weight()
             new = self.merged_weight(weight.float(), name)
-            if safe_merge and not torch.isfinite(new).all():
+            bad_bias = bias_delta is not None and not torch.isfinite(bias_delta).all()
+            if safe_merge and (bad_bias or not torch.isfinite(new).all()):
                 raise UnsafeMergeError(
                     f"merging adapter {name!r} would put NaN/inf into {self.view.layer_type}; "
                     "the base weight was left unchanged"
@@ -159,20 +160,41 @@ class AdapterLayer(nn.Module):
 
     def unmerge(self, adapter_names: Sequence[str] | None = None) -> None:
         """Take merged adapters (default: all) back out of the base weight, last merged first."""
-        for name in list(reversed(self.merged_adapters)):
-            if adapter_names is not None and name not in adapter_names:
-                continue
-            if self.is_additive:
-                self.view.add_to_weight(-self.delta_weight(name))
-            else:
-                self.view.write_weight(self.unmerged_weight(self.view.read_weight().float(), name))
-            bias_delta = self.delta_bias(name)
-            if bias_delta is not None:
-                self.view.add_to_bias(-bias_delta)
-            self.merged_adapters.remove(name)
+        wanted = [n for n in self.merged_adapters if adapter_names is None or n in adapter_names]
+        if not wanted:
+            return
+        # Non-additive merges (MiSS bat, OFT) do not commute: take out everything merged after the
+        # earliest requested adapter, then merge back the ones that were not requested.
+        peel = wanted if self.is_additive else self.merged_adapters[self.merged_adapters.index(wanted[0]) :]
+        for name in list(reversed(peel)):
+            self._unmerge_one(name)
+        for name in peel:
+            if name not in wanted:
+                self._merge_one(name, safe_merge=False)
+                self.merged_adapters.append(name)
+
+    def _unmerge_one(self, name: str) -> None:
+        if self.is_additive:
+            self.view.add_to_weight(-self.delta_weight(name))
+        else:
+            self.view.write_weight(self.unmerged_weight(self.view.read_weight().float(), name))
+        bias_delta = self.delta_bias(name)
+        if bias_delta is not None:
+            self.view.add_to_bias(-bias_delta)
+        self.merged_adapters.remove(name)
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # Model code reads the wrapped layer's attributes (T5 checks ``self.wo.weight.dtype``).
+            base = self.__dict__.get("_modules", {}).get("base_layer")
+            if base is None:
+                raise
+            return getattr(base, name)
 
 
 class ModulesToSave(nn.Module):
@@ -208,7 +230,10 @@ class ModulesToSave(nn.Module):
     def adapter_state(self, name: str, prefix: str = "") -> dict[str, torch.Tensor]:
         if name not in self.modules_to_save:
             return {}
-        return {f"{prefix}modules_to_save.{name}.{k}": v for k, v in self.modules_to_save[name].state_dict(keep_vars=True).items()}
+        return {
+            f"{prefix}modules_to_save.{name}.{k}": v
+            for k, v in self.modules_to_save[name].state_dict(keep_vars=True).items()
+        }
 
     def delete_adapter(self, name: str) -> None:
         if name in self.modules_to_save:

@@ -1,0 +1,75 @@
+"""peftkit's conformance suite: the behaviours every method plugin must pass, as a pytest plugin.
+
+This module is registered with pytest through the ``pytest11`` entry point of the ``peftkit``
+distribution, so it is active in every pytest run once peftkit is installed. It imports
+neither torch nor the suite until a test file asks for them.
+
+How a plugin author uses it
+---------------------------
+Write one test file in your plugin (name it ``test_<method>_conformance.py`` so its module
+name is unique across plugins) containing one class::
+
+    from peftkit.testing import Case, ConformanceSuite
+
+    class TestMissConformance(ConformanceSuite):
+        method = "miss"                          # the name your plugin registers
+        identity_init = {"init_weights": True}   # config fields that make the adapter a no-op at init
+        random_init = {"init_weights": False}    # config fields that make it change the output at init
+        cases = [
+            Case("mlp", {"target_modules": ["lin0", "lin1"], "r": 2}),
+            Case("emb_conv1d", {"target_modules": ["conv1d"], "r": 4}, id="gpt2-conv1d"),
+        ]
+
+Every ``test_*`` method of :class:`ConformanceSuite` then runs once per case: forward shape,
+identity at init, training touches only adapter parameters (names starting with your
+method's registered ``prefix``), save/load round trip and on-disk format, merge / unmerge /
+unload, safe merge refusing NaN, ``disable_adapter``, several adapters, ``requires_grad``
+rules, bf16/fp16 bases, and ``modules_to_save``. The tiny models are described in
+:mod:`peftkit.testing.models`; build them yourself with ``make_model(name)`` and
+``make_inputs(name)`` for method-specific tests. A case's ``config`` never contains the init
+fields: the suite adds ``identity_init`` or ``random_init`` itself. ``test_modules_to_save``
+runs on cases that set ``modules_to_save`` and on those that leave the model's output layer
+untargeted (it is then saved as the module copy). A method whose merge is inherently
+inexact may widen ``merge_atol`` / ``unmerge_atol`` on its class, where reviewers see it;
+one whose configs need more than keyword fields can override ``config(case, init)``.
+With ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, enable the plugin with ``-p peftkit.testing``.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "Case": "peftkit.testing.suite",
+    "ConformanceSuite": "peftkit.testing.suite",
+    "make_model": "peftkit.testing.models",
+    "make_inputs": "peftkit.testing.models",
+    "MODEL_NAMES": "peftkit.testing.models",
+}
+
+__all__ = ["MODEL_NAMES", "Case", "ConformanceSuite", "make_inputs", "make_model"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'peftkit.testing' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    """Parametrize each test method of a ConformanceSuite subclass over the class's cases (argument ``case``)."""
+    # A ConformanceSuite subclass can only exist once the suite module was imported, so a run
+    # without conformance tests never imports torch from here.
+    suite = sys.modules.get("peftkit.testing.suite")
+    cls = metafunc.cls
+    if suite is None or cls is None or not issubclass(cls, suite.ConformanceSuite):
+        return
+    if "case" not in metafunc.fixturenames:
+        return
+    pairs = cls.cases_for(metafunc.function.__name__)
+    metafunc.parametrize("case", [case for case, _ in pairs], ids=[label for _, label in pairs])
