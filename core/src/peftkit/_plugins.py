@@ -1,63 +1,98 @@
-"""Discovery: load plugins from installed distributions' entry points into a plugin manager."""
+"""Discovery: load plugins from installed distributions' entry points into a plugin manager.
+
+Nothing here imports torch: listing methods must stay fast. One plugin failing (at import, at
+registration, or by implementing a hook peftkit does not define) is recorded as broken and the
+others keep working.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
-import sys
 import warnings
+from collections.abc import Callable, Iterable
 from functools import lru_cache
+from importlib import metadata  # 3.10+ has entry_points(group=...): no backport needed
 from typing import Any
 
 import pluggy
 
 from peftkit import hookspecs
-from peftkit._registry import Method, Registry
-
-if sys.version_info >= (3, 10):
-    from importlib import metadata
-else:  # pragma: no cover - the backport is only needed before 3.10
-    import importlib_metadata as metadata
+from peftkit._registry import Backend, Converter, Method, Registry
 
 GROUP = "peftkit"
 ALLOW_ENV = "PEFTKIT_LOAD_PLUGINS"
 BUILTINS = ("peftkit._dense",)
 
 
-def _allowed(name: str) -> bool:
+def allowed_plugins() -> set[str] | None:
+    """Entry-point names ``PEFTKIT_LOAD_PLUGINS`` allows (comma-separated), or None when unset (all).
+
+    An empty value loads only the built-ins.
+    """
     allow = os.environ.get(ALLOW_ENV)
     if allow is None:
-        return True
-    return name in {part.strip() for part in allow.split(",") if part.strip()}
+        return None
+    return {part.strip() for part in allow.split(",") if part.strip()}
 
 
-def make_plugin_manager(entry_points: Any = None) -> pluggy.PluginManager:
-    """A fresh plugin manager with the built-ins and every allowed, importable entry point.
+def make_plugin_manager(entry_points: Iterable[Any] | None = None) -> pluggy.PluginManager:
+    """A fresh plugin manager with the built-ins and every allowed, loadable entry point.
 
-    A plugin that fails to import is recorded in ``pm.peftkit_broken`` and skipped.
+    ``entry_points`` defaults to the installed ones in group ``peftkit``; tests pass fakes (objects
+    with ``name``, ``value``, ``dist`` and ``load()``). Failures are kept in ``pm.peftkit_broken``,
+    and each plugin's ``(distribution, version)`` in ``pm.peftkit_dists``.
     """
     pm = pluggy.PluginManager("peftkit")
     pm.add_hookspecs(hookspecs)
     pm.peftkit_broken = {}
     pm.peftkit_dists = {}
     for module_name in BUILTINS:
-        module = __import__(module_name, fromlist=["_"])
-        pm.register(module, name=module_name)
+        pm.register(importlib.import_module(module_name), name=module_name)
         pm.peftkit_dists[module_name] = ("peftkit", _version("peftkit"))
     if entry_points is None:
         entry_points = metadata.entry_points(group=GROUP)
+    allow = allowed_plugins()
     for ep in entry_points:
-        if not _allowed(ep.name) or pm.get_plugin(ep.name) is not None:
-            continue
-        dist = getattr(ep, "dist", None)
-        origin = (dist.name, dist.version) if dist is not None else (ep.value, "0")
-        try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-        except Exception as exc:  # one broken plugin must not take the others down
-            pm.peftkit_broken[ep.name] = f"{origin[0]}=={origin[1]}: {type(exc).__name__}: {exc}"
-            continue
-        pm.peftkit_dists[ep.name] = origin
+        if allow is None or ep.name in allow:
+            _load_entry_point(pm, ep)
     return pm
+
+
+def _origin(ep: Any) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return ep.value, "0"
+    return dist.name, dist.version
+
+
+def _load_entry_point(pm: pluggy.PluginManager, ep: Any) -> None:
+    origin = _origin(ep)
+    # Two distributions may pick the same entry-point name; load both so their methods meet in
+    # the registry, where a clash is reported with both names instead of one being skipped.
+    taken = pm.get_plugin(ep.name) is not None or ep.name in pm.peftkit_broken
+    name = f"{ep.name} ({origin[0]})" if taken else ep.name
+    try:
+        plugin = ep.load()
+        if pm.is_registered(plugin):  # one module behind two entry points: already loaded
+            return
+        pm.register(plugin, name=name)
+    except Exception as exc:  # one broken plugin must not take the others down
+        pm.peftkit_broken[name] = _failure(origin, exc)
+        return
+    pm.peftkit_dists[name] = origin
+    unknown = [hc.name for hc in pm.get_hookcallers(plugin) or [] if not hc.has_spec()]
+    if unknown:
+        pm.unregister(plugin)
+        del pm.peftkit_dists[name]
+        pm.peftkit_broken[name] = (
+            f"{origin[0]}=={origin[1]}: implements {', '.join(unknown)}, which peftkit does not define "
+            "(a typo, or written for a newer peftkit?); mark optional hooks @hookimpl(optionalhook=True)"
+        )
+
+
+def _failure(origin: tuple[str, str], exc: BaseException) -> str:
+    return f"{origin[0]}=={origin[1]}: {type(exc).__name__}: {exc}"
 
 
 def _version(dist: str) -> str:
@@ -68,31 +103,75 @@ def _version(dist: str) -> str:
 
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
-    """Ask every plugin to register its methods; the core owns naming and collisions."""
+    """Ask every plugin to register its methods, converters and backends; the core owns naming and collisions.
+
+    A plugin any of whose hooks raises (or registers something malformed) contributes nothing, is
+    unregistered from ``pm`` and is recorded in ``registry.broken``.
+    """
     registry = Registry(broken=dict(pm.peftkit_broken))
-    for impl in reversed(pm.hook.peftkit_register_methods.get_hookimpls()):
-        dist, version = pm.peftkit_dists.get(impl.plugin_name, ("unknown", "0"))
-
-        def register(method: Method, _dist: str = dist, _version: str = version) -> None:
-            if not isinstance(method, Method):
-                raise TypeError(f"register() expects a peftkit.Method, got {type(method).__name__}")
-            registry.add(_with_origin(method, _dist, _version))
-
-        try:
-            impl.function(register=register)
-        except Exception as exc:
-            registry.broken[impl.plugin_name] = f"{dist}=={version}: {type(exc).__name__}: {exc}"
-    for impl in pm.hook.peftkit_describe_backends.get_hookimpls():
-        dist, version = pm.peftkit_dists.get(impl.plugin_name, ("unknown", "0"))
-        for name, layer_types in impl.function():
-            registry.backends.append((name, list(layer_types), f"{dist}=={version}"))
+    methods = _collect(pm, registry, "peftkit_register_methods", _method_register)
+    converters = _collect(pm, registry, "peftkit_register_converters", _converter_register)
+    backends = _collect(pm, registry, "peftkit_describe_backends", None)
+    for plugin, origin, items in methods:
+        if plugin not in registry.broken:
+            for method in items:
+                registry.add(_with_origin(method, origin))
+    for plugin, origin, items in converters:
+        if plugin not in registry.broken:
+            for converter in items:
+                registry.add_converter(_with_origin(converter, origin))
+    for plugin, origin, items in backends:
+        if plugin not in registry.broken:
+            registry.backends.extend(Backend(name, types, *origin) for name, types in items)
     return registry
 
 
-def _with_origin(method: Method, dist: str, version: str) -> Method:
+def _collect(
+    pm: pluggy.PluginManager, registry: Registry, hook: str, make_register: Callable[[list[Any]], Any] | None
+) -> list[tuple[str, tuple[str, str], list[Any]]]:
+    """Call ``hook`` on each plugin in registration order: ``[(plugin name, origin, what it registered)]``.
+
+    Hooks that take ``register`` get one that collects into a list; the others return their items.
+    """
+    results = []
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        origin = pm.peftkit_dists.get(impl.plugin_name, ("unknown", "0"))
+        items: list[Any] = []
+        try:
+            if make_register is None:
+                items = [(str(name), [str(t) for t in types]) for name, types in impl.function() or []]
+            else:
+                kwargs = {"register": make_register(items)}
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except Exception as exc:
+            # A half-working plugin is treated as not loaded, so none of its hooks answer later.
+            registry.broken[impl.plugin_name] = _failure(origin, exc)
+            pm.unregister(name=impl.plugin_name)
+            continue
+        results.append((impl.plugin_name, origin, items))
+    return results
+
+
+def _method_register(sink: list[Any]) -> Callable[[Method], None]:
+    def register(method: Method) -> None:
+        if not isinstance(method, Method):
+            raise TypeError(f"register() expects a peftkit.Method, got {type(method).__name__}")
+        sink.append(method)
+
+    return register
+
+
+def _converter_register(sink: list[Any]) -> Callable[..., None]:
+    def register(name: str, convert: Callable[[str, str], None] | str, help: str = "") -> None:
+        sink.append(Converter(name, convert, help))
+
+    return register
+
+
+def _with_origin(item: Any, origin: tuple[str, str]) -> Any:
     from dataclasses import replace
 
-    return replace(method, dist=dist, version=version)
+    return replace(item, dist=origin[0], version=origin[1])
 
 
 @lru_cache(maxsize=1)
@@ -117,5 +196,6 @@ def reset() -> None:
 
 
 def warn_broken() -> None:
+    """Warn once per broken plugin of the process-wide registry."""
     for name, error in registry().broken.items():
         warnings.warn(f"peftkit plugin {name!r} failed to load and was skipped: {error}")

@@ -1,11 +1,16 @@
-"""The method registry: what plugins register, validated and owned by the core."""
+"""The method registry: what plugins register, validated and owned by the core. Imports no torch."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+_PEFT_TYPE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+_CONVERTER = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 
 
 def resolve(target: str | Any) -> Any:
@@ -23,11 +28,12 @@ def resolve(target: str | Any) -> Any:
 class Method:
     """One PEFT method as a plugin registers it.
 
-    ``config`` and ``layer`` may be classes or lazy ``"module:attr"`` strings. ``prefix`` starts the
-    names of the method's parameters (``"lora_"``); the core uses it to find them for saving,
-    freezing and counting. ``default_targets`` maps a transformers ``model_type`` to module names.
-    ``layer_types`` names the base layers the method can adapt (for ``list-methods``).
-    ``model_level`` names adapter tensors that live on the model, not a layer (VeRA's projections).
+    ``name`` is lower case (``"lora"``) and ``peft_type`` upper case (``"LORA"``, the value saved in
+    ``adapter_config.json``). ``config`` and ``layer`` may be classes or lazy ``"module:attr"`` strings.
+    ``prefix`` starts the names of the method's parameters (``"lora_"``). ``default_targets`` maps a
+    transformers ``model_type`` to module names. ``layer_types`` names the base layers the method
+    can adapt (for ``list-methods``). ``model_level`` names adapter tensors that live on the model,
+    not a layer (VeRA's projections). ``dist`` and ``version`` are filled in by the core.
     """
 
     name: str
@@ -40,6 +46,17 @@ class Method:
     model_level: Sequence[str] = ()
     dist: str = "unknown"
     version: str = "0"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(
+                f"Method name {self.name!r} must be lower case letters, digits and '_' (like 'lora')"
+            )
+        if not isinstance(self.peft_type, str) or not _PEFT_TYPE.match(self.peft_type):
+            raise ValueError(
+                f"Method {self.name!r}: peft_type {self.peft_type!r} must be upper case letters, digits and '_' "
+                "(like 'LORA')"
+            )
 
     @property
     def config_class(self) -> type:
@@ -54,60 +71,140 @@ class Method:
         return f"{self.dist}=={self.version}"
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A base-layer backend as ``peftkit_describe_backends`` describes it (for ``list-methods``)."""
+
+    name: str
+    layer_types: Sequence[str]
+    dist: str = "unknown"
+    version: str = "0"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.dist}=={self.version}"
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A checkpoint format converter run by ``peftkit convert NAME IN OUT``.
+
+    ``convert`` is ``convert(in_path, out_path)`` or a lazy ``"module:attr"`` string naming it.
+    """
+
+    name: str
+    convert: Callable[[str, str], None] | str
+    help: str = ""
+    dist: str = "unknown"
+    version: str = "0"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _CONVERTER.match(self.name):
+            raise ValueError(f"converter name {self.name!r} must be lower case, like 'bone-to-miss'")
+        if not (callable(self.convert) or isinstance(self.convert, str)):
+            raise TypeError(f"converter {self.name!r}: convert must be a callable or a 'module:attr' string")
+
+    @property
+    def origin(self) -> str:
+        return f"{self.dist}=={self.version}"
+
+    def __call__(self, in_path: str, out_path: str) -> None:
+        resolve(self.convert)(in_path, out_path)
+
+
 class DuplicateMethodError(RuntimeError):
-    """Two installed distributions register the same method name or PEFT type."""
+    """Two installed distributions register the same method name, PEFT type or converter name."""
 
 
 class UnknownMethodError(KeyError):
-    """No installed plugin serves the requested method name or PEFT type."""
+    """No installed plugin serves the requested method name, PEFT type or converter."""
 
     def __str__(self) -> str:
         return str(self.args[0])
 
 
+def _conflict(what: str, first: Any, second: Any) -> str:
+    return f"{what} is registered by both {first.origin} and {second.origin}; uninstall one of them"
+
+
 @dataclass
 class Registry:
-    """Methods by name and by PEFT type, plus plugins that failed to load."""
+    """Methods by name, backends, converters, and the plugins that failed to load.
+
+    A name or PEFT type claimed twice is withdrawn into ``conflicts`` / ``type_conflicts`` rather
+    than one claimant silently winning, because both are written into saved adapters; using it
+    then raises :class:`DuplicateMethodError` naming both distributions.
+    """
 
     methods: dict[str, Method] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
     conflicts: dict[str, str] = field(default_factory=dict)
-    backends: list[tuple[str, list[str], str]] = field(default_factory=list)
+    type_conflicts: dict[str, str] = field(default_factory=dict)
+    backends: list[Backend] = field(default_factory=list)
+    converters: dict[str, Converter] = field(default_factory=dict)
+    converter_conflicts: dict[str, str] = field(default_factory=dict)
 
     def add(self, method: Method) -> None:
-        """Add a method; a second registration of a name or PEFT type makes that name unusable.
-
-        Both claimants are withdrawn rather than one silently winning, because the name is
-        written into saved adapters; using the name then raises an error naming both.
-        """
-        for other in list(self.methods.values()):
-            if other.name == method.name or other.peft_type == method.peft_type:
-                del self.methods[other.name]
-                self.conflicts[method.name] = self.conflicts[other.name] = (
-                    f"method {method.name!r} (PEFT type {method.peft_type}) is registered by both "
-                    f"{other.origin} and {method.origin}; uninstall one of them"
-                )
-                return
-        if method.name in self.conflicts:
+        """Add a method; a second claim on its name or PEFT type makes both unusable (see the class doc)."""
+        rivals = [
+            m for m in self.methods.values() if method.name == m.name or method.peft_type == m.peft_type
+        ]
+        if method in rivals:  # the same registration seen twice (one module behind two entry points)
+            return
+        if method.name in self.conflicts or method.peft_type in self.type_conflicts or rivals:
+            self._withdraw(method, rivals)
             return
         self.methods[method.name] = method
 
+    def _withdraw(self, method: Method, rivals: list[Method]) -> None:
+        for other in rivals:
+            del self.methods[other.name]
+            if other.name == method.name:
+                what = f"method {method.name!r} (PEFT type {method.peft_type!r})"
+            else:
+                what = f"PEFT type {method.peft_type!r} (methods {other.name!r} and {method.name!r})"
+            message = _conflict(what, other, method)
+            self.conflicts.setdefault(other.name, message)
+            self.conflicts.setdefault(method.name, message)
+            if other.peft_type == method.peft_type:
+                self.type_conflicts.setdefault(method.peft_type, message)
+        if not rivals:  # a further claimant of an already withdrawn name: add its origin to the message
+            for table, key in ((self.conflicts, method.name), (self.type_conflicts, method.peft_type)):
+                if key in table and method.origin not in table[key]:
+                    table[key] = table[key].replace("; uninstall", f" and {method.origin}; uninstall")
+
+    def add_converter(self, converter: Converter) -> None:
+        """Add a converter; two with the same name withdraw each other like methods do."""
+        other = self.converters.pop(converter.name, None)
+        if other is not None:
+            self.converter_conflicts[converter.name] = _conflict(
+                f"converter {converter.name!r}", other, converter
+            )
+        elif converter.name not in self.converter_conflicts:
+            self.converters[converter.name] = converter
+
     def by_name(self, name: str) -> Method:
+        """The method called ``name`` (a PEFT type such as ``"LORA"`` is accepted too)."""
         key = name.lower()
         if key in self.conflicts:
             raise DuplicateMethodError(self.conflicts[key])
         if key in self.methods:
             return self.methods[key]
-        for method in self.methods.values():
-            if method.peft_type == name.upper():
-                return method
+        if name.upper() in self.type_conflicts or any(
+            m.peft_type == name.upper() for m in self.methods.values()
+        ):
+            return self.by_peft_type(name.upper())
         raise UnknownMethodError(
             f"no installed plugin provides the method {name!r}; installed: "
-            f"{sorted(self.methods) or 'none'}. Install it with `pip install peftkit-{key.replace('_', '-')}`"
+            f"{', '.join(sorted(self.methods)) or 'none'}. Install it with "
+            f"`pip install peftkit-{key.replace('_', '-')}` (or the distribution that provides it)"
             f"{self._broken_hint()}"
         )
 
     def by_peft_type(self, peft_type: str) -> Method:
+        """The method whose adapters carry ``peft_type`` in their config."""
+        if peft_type in self.type_conflicts:
+            raise DuplicateMethodError(self.type_conflicts[peft_type])
         for method in self.methods.values():
             if method.peft_type == peft_type:
                 return method
@@ -118,6 +215,17 @@ class Registry:
             f"this adapter has peft_type {peft_type!r}, which no installed plugin serves; "
             f"install the distribution that provides it (for example `pip install peftkit-{guess}`)"
             f"{self._broken_hint()}"
+        )
+
+    def converter(self, name: str) -> Converter:
+        """The converter called ``name``; an unknown name lists the available ones."""
+        if name in self.converter_conflicts:
+            raise DuplicateMethodError(self.converter_conflicts[name])
+        if name in self.converters:
+            return self.converters[name]
+        raise UnknownMethodError(
+            f"no installed plugin provides the converter {name!r}; available: "
+            f"{', '.join(sorted(self.converters)) or 'none'}{self._broken_hint()}"
         )
 
     def _broken_hint(self) -> str:

@@ -2,12 +2,15 @@
 
 A plugin is a module named by an entry point in the ``peftkit`` group. It implements any of
 these hooks with ``@peftkit.hookimpl``. Heavy imports (torch, transformers) belong inside the
-objects a hook hands over, never at the plugin module's top level.
+objects a hook hands over, never at the plugin module's top level. A plugin that fails to import,
+whose hook raises, or that implements a hook not listed here (mark hooks from a newer peftkit
+``@hookimpl(optionalhook=True)``) is skipped and shown as broken by ``peftkit list-methods``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -19,7 +22,10 @@ hookspec = pluggy.HookspecMarker("peftkit")
 
 @hookspec
 def peftkit_register_methods(register: Callable[[Method], None]) -> None:
-    """Called once at discovery: call ``register(Method(...))`` for each method the plugin provides."""
+    """Called once at discovery: call ``register(Method(...))`` for each method the plugin provides.
+
+    If this hook raises, the plugin registers nothing and is listed as broken.
+    """
 
 
 @hookspec(firstresult=True)
@@ -38,10 +44,13 @@ def peftkit_translate_checkpoint(config: dict[str, Any], tensors: dict[str, Any]
 
 @hookspec
 def peftkit_describe_backends() -> list[tuple[str, list[str]]]:
-    """Called by ``peftkit list-methods``: return ``[(backend name, [layer type names])]`` served by this plugin."""
+    """Called at discovery, for ``peftkit list-methods``: return ``[(backend name, [layer type names])]`` served here."""
 
 
 @hookspec
-def peftkit_register_converters(register: Callable[[str, Callable[[str, str], None], str], None]) -> None:
-    """Called by ``peftkit convert``: ``register(name, convert(in_dir, out_dir), help)`` for each format converter
-    (for example ``"bone-to-miss"``)."""
+def peftkit_register_converters(
+    register: Callable[[str, Callable[[str, str], None] | str, str], None],
+) -> None:
+    """Called at discovery: ``register(name, convert, help)`` for each format converter that ``peftkit convert``
+    runs as ``convert(in_path, out_path)`` (for example ``"bone-to-miss"``); ``convert`` may be a lazy
+    ``"module:attr"`` string."""
