@@ -57,7 +57,9 @@ class PeftConfig:
             raise ConfigError(f"bias={self.bias!r} is not one of {allowed_bias}")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ConfigError("layers_pattern only has an effect together with layers_to_transform; set both")
-        if isinstance(self.target_modules, (list, tuple, set)):
+        if isinstance(self.target_modules, (set, frozenset)):
+            self.target_modules = sorted(self.target_modules)
+        elif isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         if self.peft_version is None:
             self.peft_version = _peftkit_version()

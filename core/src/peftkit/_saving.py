@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import warnings
 from typing import Any
 
 import torch
@@ -12,6 +12,14 @@ from peftkit import _io, _state_dict
 from peftkit._config import CONFIG_NAME, PeftConfig, config_from_dict, read_config_dict
 
 DIGEST_KEY = "peftkit_config_digest"
+# Descriptive fields a user may edit by hand without changing what the tensors mean.
+_UNDIGESTED = ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping")
+
+
+def _digest(config: dict[str, Any]) -> str:
+    """A short hash of the config fields that give the saved tensors their meaning."""
+    kept = {k: v for k, v in config.items() if k not in _UNDIGESTED}
+    return _io.config_digest(json.dumps(kept, sort_keys=True))
 
 
 def save_adapter(peft_model: Any, name: str, folder: str) -> None:
@@ -25,7 +33,7 @@ def save_adapter(peft_model: Any, name: str, folder: str) -> None:
     config = peft_model.peft_config[name].replace(inference_mode=True)
     text = config.to_json()
     tensors = _state_dict.adapter_state_dict(peft_model, name)
-    metadata = {"format": "pt", DIGEST_KEY: _io.config_digest(text)}
+    metadata = {"format": "pt", DIGEST_KEY: _digest(config.to_dict())}
     _io.save_tensors_atomic(tensors, os.path.join(folder, _io.WEIGHTS_NAME), metadata)
     _io.write_text_atomic(os.path.join(folder, CONFIG_NAME), text)
 
@@ -42,7 +50,9 @@ def resolve_folder(model_id: str | os.PathLike[str], subfolder: str | None = Non
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(os.fspath(model_id), allow_patterns=["*.json", "*.safetensors"], **hub_kwargs)
+        local = snapshot_download(
+            os.fspath(model_id), allow_patterns=["*.json", "*.safetensors"], **hub_kwargs
+        )
     except Exception as exc:
         raise _io.CheckpointError(
             f"{path!r} is not a folder and could not be resolved as a Hugging Face Hub repo "
@@ -52,31 +62,31 @@ def resolve_folder(model_id: str | os.PathLike[str], subfolder: str | None = Non
 
 
 def read_adapter(
-    model_id: str | os.PathLike[str], config: PeftConfig | None = None, subfolder: str | None = None, **hub_kwargs: Any
+    model_id: str | os.PathLike[str],
+    config: PeftConfig | None = None,
+    subfolder: str | None = None,
+    **hub_kwargs: Any,
 ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
     """The config and tensors of a saved adapter, legacy formats translated by the plugins."""
     from peftkit._plugins import plugin_manager
 
     folder = resolve_folder(model_id, subfolder, **hub_kwargs)
     raw = read_config_dict(folder) if config is None else config.to_dict()
+    on_disk = dict(raw)
     tensors, metadata = _io.load_tensors(folder)
-    digest = metadata.get(DIGEST_KEY)
-    if config is None and digest is not None:
-        with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as fh:
-            if _io.config_digest(fh.read()) != digest:
-                raise _io.CheckpointError(
-                    f"{folder}: adapter_config.json does not belong to adapter_model.safetensors "
-                    "(a save was interrupted between writing the two); save the adapter again"
-                )
     translated = plugin_manager().hook.peftkit_translate_checkpoint(config=raw, tensors=tensors)
     if translated is not None:
         raw, tensors = translated
     loaded = config if config is not None and translated is None else config_from_dict(raw)
     if not isinstance(loaded, PeftConfig):
         raise TypeError(f"config must be a peftkit config, got {type(loaded).__name__}")
+    # Checked after the config is understood, so an unknown peft_type is reported as such.
+    digest = metadata.get(DIGEST_KEY)
+    if config is None and digest is not None and _digest(on_disk) != digest:
+        raise _io.CheckpointError(
+            f"{folder}: {CONFIG_NAME} does not match adapter_model.safetensors (a setting that shapes the "
+            "weights was edited, or a save was interrupted between the two files); save the adapter again, "
+            "or pass config=... to load it with a config you trust"
+        )
     return loaded, tensors
 
-
-def warn_ignored(source: Any, keys: list[str]) -> None:
-    if keys:
-        warnings.warn(f"{source}: ignored {len(keys)} tensor(s) this adapter does not use, e.g. {keys[:3]}")

@@ -40,10 +40,29 @@ def adapter_slots(peft_model: Any, name: str) -> dict[str, tuple[nn.Module, str,
         holder = getattr(peft_model.base_model, attr, None)
         if holder is not None and name in holder:
             slots[f"base_model.{attr}"] = (holder, name, holder[name])
-    if config.bias == "all":
-        for key, param in model.named_parameters():
-            if key.endswith("bias") and not any(seg == name for seg in key.split(".")) and ".modules_to_save." not in key:
-                slots[MODEL_PREFIX + key] = (model, key, param)
+    slots.update(bias_slots(model, config.bias, name, set(peft_model.peft_config)))
+    return slots
+
+
+def bias_slots(
+    model: nn.Module, bias: str, name: str, adapters: set[str]
+) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
+    """Base biases trained with the adapter, under their in-memory keys: every one for ``"all"``,
+    those of the layers holding adapter ``name`` for a method's ``"<method>_only"`` mode."""
+    if bias == "none":
+        return {}
+    if bias == "all":
+        return {
+            MODEL_PREFIX + key: (model, key, param)
+            for key, param in model.named_parameters()
+            if key.endswith("bias") and not adapters & set(key.split(".")) and ".modules_to_save." not in key
+        }
+    slots = {}
+    for path, module in model.named_modules():
+        if isinstance(module, AdapterLayer) and name in module.adapter_names:
+            param = getattr(module.base_layer, "bias", None)
+            if isinstance(param, nn.Parameter):
+                slots[f"{MODEL_PREFIX}{path}.base_layer.bias"] = (module, "base_layer.bias", param)
     return slots
 
 
@@ -52,19 +71,23 @@ def adapter_state_dict(peft_model: Any, name: str) -> dict[str, torch.Tensor]:
     return {key: tensor.detach() for key, (_, _, tensor) in adapter_slots(peft_model, name).items()}
 
 
-def load_adapter_state(peft_model: Any, name: str, tensors: dict[str, torch.Tensor], assign: bool = False) -> list[str]:
+def load_adapter_state(
+    peft_model: Any, name: str, tensors: dict[str, torch.Tensor], assign: bool = False
+) -> list[str]:
     """Copy ``tensors`` (on-disk keys) into adapter ``name``; check everything before changing anything.
 
     Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes.
     Returns the unexpected keys, which are ignored.
     """
     slots = adapter_slots(peft_model, name)
+    tensors = _align_base_layer_keys(tensors, slots)
     missing = [k for k in slots if k not in tensors]
     if missing:
         raise CheckpointError(
             f"the checkpoint lacks {len(missing)} tensor(s) this adapter needs, e.g. {missing[:3]}; "
             "was it saved for a different model or config?"
         )
+    slots.update(_base_slots(peft_model, tensors, slots))
     for key, value in tensors.items():
         if key in slots:
             _check_compatible(key, slots[key][2], value)
@@ -73,12 +96,52 @@ def load_adapter_state(peft_model: Any, name: str, tensors: dict[str, torch.Tens
         if key in slots:
             module, inner, current = slots[key]
             entry = per_module.setdefault(id(module), (module, {}))
-            dtype = current.dtype if current.is_floating_point() and value.is_floating_point() else value.dtype
-            entry[1][inner] = value.to(device=current.device if current.device.type != "meta" else "cpu", dtype=dtype)
+            dtype = (
+                current.dtype if current.is_floating_point() and value.is_floating_point() else value.dtype
+            )
+            entry[1][inner] = value.to(
+                device=current.device if current.device.type != "meta" else "cpu", dtype=dtype
+            )
+    base = peft_model.base_model.model
     with torch.no_grad():
         for module, state in per_module.values():
-            _load_into(module, state, assign)
+            # Base-model tensors (biases, embeddings) are copied in place: replacing them would untie tied weights.
+            _load_into(module, state, assign and module is not base)
     return [k for k in tensors if k not in slots]
+
+
+def _plain(key: str) -> str:
+    return key.replace(".base_layer.", ".")
+
+
+def _align_base_layer_keys(tensors: dict[str, Any], slots: dict[str, Any]) -> dict[str, Any]:
+    """Rename ``<layer>.bias`` to ``<layer>.base_layer.bias`` (and back) where the model needs the other form.
+
+    Base tensors are saved under in-memory keys, so their form depends on whether the layer held
+    an adapter at save time, which another adapter on the loading model can change.
+    """
+    by_plain = {_plain(key): key for key in tensors}
+    aligned = dict(tensors)
+    for key in slots:
+        stored = by_plain.get(_plain(key))
+        if key not in aligned and stored is not None and stored in aligned:
+            aligned[key] = aligned.pop(stored)
+    return aligned
+
+
+def _base_slots(
+    peft_model: Any, tensors: dict[str, Any], taken: dict[str, Any]
+) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
+    """Checkpoint tensors named after a base-model parameter, loaded into it as Hugging Face PEFT does
+    (it saves targeted embedding layers whole, e.g. after the vocabulary was resized)."""
+    model = peft_model.base_model.model
+    params = {_plain(name): (name, param) for name, param in model.named_parameters()}
+    names = {
+        key: _plain(key[len(MODEL_PREFIX) :])
+        for key in tensors
+        if key.startswith(MODEL_PREFIX) and key not in taken
+    }
+    return {key: (model, *params[inner]) for key, inner in names.items() if inner in params}
 
 
 def _check_compatible(key: str, expected: torch.Tensor, found: Any) -> None:
@@ -90,7 +153,9 @@ def _check_compatible(key: str, expected: torch.Tensor, found: Any) -> None:
             "the adapter was saved for a different model or config (r, target_modules)"
         )
     if expected.is_floating_point() != found.is_floating_point():
-        raise CheckpointError(f"{key}: the model expects dtype {expected.dtype} but the checkpoint has {found.dtype}")
+        raise CheckpointError(
+            f"{key}: the model expects dtype {expected.dtype} but the checkpoint has {found.dtype}"
+        )
 
 
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], assign: bool) -> None:

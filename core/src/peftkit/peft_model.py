@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from peftkit import _injection, _io, _state_dict
-from peftkit._registry import Method
 from peftkit._config import CONFIG_NAME, ConfigError, PeftConfig, config_from_dict, read_config_dict
+from peftkit._registry import Method
 from peftkit.layer import AdapterLayer, ModulesToSave
 
 SEQ_CLS_HEADS = ["classifier", "score"]
@@ -92,10 +92,14 @@ class PeftModel(nn.Module):
                 yield module
 
     # --- adapters -----------------------------------------------------------------------
-    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+    def add_adapter(
+        self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False
+    ) -> None:
         """Add an adapter; it is trainable unless ``peft_config.inference_mode``, and inactive until set_adapter."""
         if adapter_name in self.peft_config:
-            raise ValueError(f"an adapter named {adapter_name!r} already exists; delete_adapter it first or pick another name")
+            raise ValueError(
+                f"an adapter named {adapter_name!r} already exists; delete_adapter it first or pick another name"
+            )
         if not isinstance(peft_config, PeftConfig):
             raise TypeError(f"expected a peftkit config, got {type(peft_config).__name__}")
         if self.peft_config and peft_config.peft_type != next(iter(self.peft_config.values())).peft_type:
@@ -106,7 +110,7 @@ class PeftModel(nn.Module):
         from peftkit._plugins import registry
 
         method = registry().by_peft_type(str(peft_config.peft_type))
-        peft_config = self._prepare_config(peft_config)
+        peft_config = self._prepare_config(peft_config, method)
         model = self.get_base_model()
         first = not self.peft_config
         self.peft_config[adapter_name] = peft_config
@@ -122,14 +126,22 @@ class PeftModel(nn.Module):
         if first:
             model.requires_grad_(False)
         self.set_requires_grad(adapter_name, not peft_config.inference_mode)
-        self._set_bias_trainable(peft_config)
+        self._set_bias_trainable(adapter_name, peft_config)
 
-    def _prepare_config(self, config: PeftConfig) -> PeftConfig:
+    def _prepare_config(self, config: PeftConfig, method: Method) -> PeftConfig:
         changes: dict[str, Any] = {}
         if config.base_model_name_or_path is None:
             changes["base_model_name_or_path"] = getattr(self.get_base_model(), "name_or_path", None) or None
+        model_type = getattr(getattr(self.get_base_model(), "config", None), "model_type", None)
+        if config.target_modules is None and model_type in method.default_targets:
+            # Save the modules actually targeted, so a loader with other defaults adapts the same ones.
+            changes["target_modules"] = list(method.default_targets[model_type])
         if config.task_type == "SEQ_CLS":
-            heads = [h for h in SEQ_CLS_HEADS if any(n.rsplit(".", 1)[-1] == h for n, _ in self.get_base_model().named_modules())]
+            heads = [
+                h
+                for h in SEQ_CLS_HEADS
+                if any(n.rsplit(".", 1)[-1] == h for n, _ in self.get_base_model().named_modules())
+            ]
             wanted = list(config.modules_to_save or [])
             changes["modules_to_save"] = wanted + [h for h in heads if h not in wanted]
         return config.replace(**changes) if changes else config
@@ -147,11 +159,14 @@ class PeftModel(nn.Module):
                 if param.is_floating_point() and param.dtype != target and param.device.type != "meta":
                     param.data = param.data.to(target)
 
-    def _set_bias_trainable(self, config: PeftConfig) -> None:
-        if config.bias == "all" and not config.inference_mode:
-            for name, param in self.get_base_model().named_parameters():
-                if name.endswith("bias") and ".modules_to_save." not in name:
-                    param.requires_grad_(True)
+    def _set_bias_trainable(self, adapter_name: str, config: PeftConfig) -> None:
+        if config.inference_mode:
+            return
+        slots = _state_dict.bias_slots(
+            self.get_base_model(), config.bias, adapter_name, set(self.peft_config)
+        )
+        for _, _, param in slots.values():
+            param.requires_grad_(True)
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
         """Use these adapters in forward. Gradients are not touched: see set_requires_grad."""
@@ -160,7 +175,11 @@ class PeftModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
         for module in self._adapter_modules():
-            if isinstance(module, AdapterLayer) and module.merged_adapters and set(module.merged_adapters) != set(names):
+            if (
+                isinstance(module, AdapterLayer)
+                and module.merged_adapters
+                and set(module.merged_adapters) != set(names)
+            ):
                 warnings.warn("set_adapter on a merged model: unmerging first")
                 module.unmerge()
             module.set_active(names)
@@ -221,10 +240,15 @@ class PeftModel(nn.Module):
         for layer in layers:
             names = layer.active_adapters if adapter_names is None else adapter_names
             weight = layer.view.read_weight().float()
+            finite_bias = True
             for name in names:
                 if name in layer.adapter_configs and name not in layer.merged_adapters:
                     weight = layer.merged_weight(weight, name)
-            if not torch.isfinite(weight).all():
+                    bias_delta = layer.delta_bias(name)  # a bias update would be merged too
+                    finite_bias = finite_bias and (
+                        bias_delta is None or bool(torch.isfinite(bias_delta).all())
+                    )
+            if not finite_bias or not torch.isfinite(weight).all():
                 raise UnsafeMergeError(
                     f"merging {list(names)} would put NaN/inf into a {layer.view.layer_type}; nothing was merged"
                 )
@@ -234,7 +258,9 @@ class PeftModel(nn.Module):
             if isinstance(module, AdapterLayer):
                 module.unmerge()
 
-    def merge_and_unload(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> nn.Module:
+    def merge_and_unload(
+        self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None
+    ) -> nn.Module:
         """Merge adapters into the base weights and return the plain model, adapter layers removed."""
         self.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
         return self._unload(keep_merged=True)
@@ -251,7 +277,9 @@ class PeftModel(nn.Module):
                     module.unmerge()
                 _injection.set_submodule(model, path, module.base_layer)
             elif isinstance(module, ModulesToSave):
-                _injection.set_submodule(model, path, module.current() if keep_merged else module.original_module)
+                _injection.set_submodule(
+                    model, path, module.current() if keep_merged else module.original_module
+                )
         return model
 
     # --- parameters ---------------------------------------------------------------------
@@ -269,7 +297,9 @@ class PeftModel(nn.Module):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / max(total, 1):.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
 
     def get_layer_status(self) -> list[Any]:
         from peftkit._status import layer_status
@@ -295,13 +325,19 @@ class PeftModel(nn.Module):
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
-            raise ValueError(f"cannot save unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
+            raise ValueError(
+                f"cannot save unknown adapter(s) {unknown}; this model has {list(self.peft_config)}"
+            )
         if not is_main_process:
             return
         from peftkit._saving import save_adapter
 
         for name in names:
-            folder = os.fspath(save_directory) if name == "default" else os.path.join(os.fspath(save_directory), name)
+            folder = (
+                os.fspath(save_directory)
+                if name == "default"
+                else os.path.join(os.fspath(save_directory), name)
+            )
             save_adapter(self, name, folder)
 
     @classmethod
@@ -322,15 +358,23 @@ class PeftModel(nn.Module):
         loaded_config, tensors = read_adapter(model_id, config, **kwargs)
         loaded_config = loaded_config.replace(inference_mode=not is_trainable)
         wrapper = model_class_for(loaded_config)
+        trainable = {param: param.requires_grad for param in model.parameters()}
         peft_model = wrapper(
-            model, loaded_config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+            model,
+            loaded_config,
+            adapter_name,
+            autocast_adapter_dtype=autocast_adapter_dtype,
             low_cpu_mem_usage=low_cpu_mem_usage,
         )
         try:
             peft_model._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
         except Exception:
             peft_model.unload()
+            for param, flag in trainable.items():  # wrapping froze the base model
+                param.requires_grad_(flag)
             raise
+        if not is_trainable:
+            peft_model.eval()  # as Hugging Face PEFT does: an inference load runs with dropout off
         return peft_model
 
     def load_adapter(
@@ -345,17 +389,24 @@ class PeftModel(nn.Module):
         from peftkit._saving import read_adapter
 
         config, tensors = read_adapter(model_id, None, **kwargs)
+        trainable = {param: param.requires_grad for param in self.parameters()}
         self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable), low_cpu_mem_usage)
         try:
             self._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
         except Exception:
             self.delete_adapter(adapter_name)
+            for param, flag in trainable.items():  # bias="all" made base biases trainable
+                param.requires_grad_(flag)
             raise
+        if not is_trainable:
+            self.eval()  # as Hugging Face PEFT does: the new adapter's dropout must not run at inference
 
     def _load_state(self, name: str, tensors: dict[str, torch.Tensor], assign: bool, source: Any) -> None:
         unexpected = _state_dict.load_adapter_state(self, name, tensors, assign=assign)
         if unexpected:
-            warnings.warn(f"{source}: ignored {len(unexpected)} tensor(s) this adapter does not use, e.g. {unexpected[:3]}")
+            warnings.warn(
+                f"{source}: ignored {len(unexpected)} tensor(s) this adapter does not use, e.g. {unexpected[:3]}"
+            )
         if assign:
             self._cast_adapter(name)
 
@@ -408,11 +459,16 @@ def get_peft_model(
 ) -> PeftModel:
     """Wrap ``model`` with a new, trainable adapter described by ``peft_config``."""
     if isinstance(model, PeftModel):
-        raise ValueError("this model is already a PeftModel; use model.add_adapter(name, config) to add another adapter")
+        raise ValueError(
+            "this model is already a PeftModel; use model.add_adapter(name, config) to add another adapter"
+        )
     return model_class_for(peft_config)(
-        model, peft_config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+        model,
+        peft_config,
+        adapter_name,
+        autocast_adapter_dtype=autocast_adapter_dtype,
         low_cpu_mem_usage=low_cpu_mem_usage,
     )
 
 
-__all__ = ["CONFIG_NAME", "PeftModel", "get_peft_model", "read_config_dict", "config_from_dict", "_io"]
+__all__ = ["CONFIG_NAME", "PeftModel", "_io", "config_from_dict", "get_peft_model", "read_config_dict"]

@@ -44,7 +44,9 @@ class LoraLayer(AdapterLayer):
             raise ValueError(f"LoRA r must be positive, got {r} for {getattr(self, 'path', 'this layer')}")
         self.r[name] = r
         self.scaling[name] = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-        self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.lora_dropout[name] = (
+            nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        )
         self.kind.create(self, name, r, config)
 
     def adapter_forward(self, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
@@ -112,7 +114,13 @@ class _ConvKind:
         conv = type(view.module)
         ones = (1,) * view.conv_dim
         layer.lora_A[name] = conv(
-            view.in_features, r, view.kernel_size, view.stride, view.padding, dilation=view.dilation, bias=False
+            view.in_features,
+            r,
+            view.kernel_size,
+            view.stride,
+            view.padding,
+            dilation=view.dilation,
+            bias=False,
         )
         layer.lora_B[name] = conv(r, view.out_features, ones, ones, groups=view.groups, bias=config.lora_bias)
         _init_ab(layer.lora_A[name].weight, layer.lora_B[name], r, config.init_lora_weights)
