@@ -55,3 +55,11 @@ def test_bad_values_are_rejected():
         peftkit.config("lora", task_type="CAUSAL")
     with pytest.raises(ConfigError, match="bias"):
         peftkit.config("lora", bias="some")
+
+
+def test_peft_version_names_the_peft_format_followed():
+    from packaging.version import Version
+
+    version = Version(peftkit.config("lora").peft_version)
+    assert version.local.startswith("peftkit")
+    assert version >= Version("0.18")  # readers compare it with PEFT releases

@@ -48,7 +48,9 @@ class PeftConfig:
     def __post_init__(self) -> None:
         if self.PEFT_TYPE:
             if self.peft_type not in (None, self.PEFT_TYPE):
-                raise ConfigError(f"{type(self).__name__} has peft_type {self.PEFT_TYPE!r}, got {self.peft_type!r}")
+                raise ConfigError(
+                    f"{type(self).__name__} has peft_type {self.PEFT_TYPE!r}, got {self.peft_type!r}"
+                )
             self.peft_type = self.PEFT_TYPE
         if self.task_type is not None and self.task_type not in TASK_TYPES:
             raise ConfigError(f"task_type {self.task_type!r} is not one of {', '.join(TASK_TYPES)}")
@@ -62,7 +64,7 @@ class PeftConfig:
         elif isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         if self.peft_version is None:
-            self.peft_version = _peftkit_version()
+            self.peft_version = format_version()
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -97,10 +99,17 @@ class PeftConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _peftkit_version() -> str:
+# The Hugging Face PEFT release whose on-disk format peftkit writes. Readers compare
+# ``peft_version`` against PEFT releases (OFT picks its Neumann convention by it), so the field
+# holds that release, with peftkit's own version as a PEP 440 local label.
+PEFT_FORMAT_VERSION = "0.21.2"
+
+
+def format_version() -> str:
+    """The ``peft_version`` written into new configs, e.g. ``"0.21.2+peftkit.0.1.0"``."""
     from peftkit import __version__
 
-    return __version__
+    return f"{PEFT_FORMAT_VERSION}+peftkit.{__version__}"
 
 
 def read_config_dict(path: str | os.PathLike[str]) -> dict[str, Any]:

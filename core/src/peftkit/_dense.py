@@ -47,7 +47,13 @@ def peftkit_base_layer_view(module: Any) -> Any:
             if isinstance(module, cls):
                 factory = candidate
                 break
-    return factory(module) if factory is not None else None
+    if factory is None:
+        return None
+    dtype = getattr(getattr(module, "weight", None), "dtype", None)
+    if dtype is not None and not dtype.is_floating_point:
+        # Quantized layers subclass nn.Linear but store integers: a dense view would read garbage.
+        return None
+    return factory(module)
 
 
 @hookimpl

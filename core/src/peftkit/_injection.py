@@ -52,11 +52,16 @@ def _maybe_meta(enabled: bool) -> Iterator[None]:
 
 
 def inject_adapter(
-    model: nn.Module, method: Method, config: Any, name: str, low_cpu_mem_usage: bool = False
+    model: nn.Module,
+    method: Method,
+    config: Any,
+    name: str,
+    low_cpu_mem_usage: bool = False,
+    owner: nn.Module | None = None,
 ) -> list[str]:
     """Add adapter ``name`` of ``method`` to every targeted module; on any error the model is left as it was.
 
-    Returns the adapted module names.
+    ``owner`` holds the method's model-level tensors (default: ``model``). Returns the adapted module names.
     """
     targets = find_targets(model, config, dict(method.default_targets), _is_linear, _skip)
     layer_cls = method.layer_class
@@ -76,13 +81,16 @@ def inject_adapter(
             raise UnsupportedLayerError(
                 f"{method.name}: module {target!r} of type {type(module).__name__} cannot be adapted; "
                 f"supported: {', '.join(method.layer_types) or 'see peftkit list-methods'}"
+                f"{_backend_hint(module)}"
             )
         plans.append((target, layer_cls(module, view), True))
     done: list[tuple[str, AdapterLayer, bool]] = []
     try:
-        for plan in plans:
-            target, layer, _ = plan
+        for target, layer, _ in plans:
             layer.path = target
+        layer_cls.before_inject(model if owner is None else owner, config, name, [p[1] for p in plans])
+        for plan in plans:
+            layer = plan[1]
             with _maybe_meta(low_cpu_mem_usage):
                 layer.add_adapter(name, config)
             if not low_cpu_mem_usage:
@@ -96,6 +104,16 @@ def inject_adapter(
         if fresh:
             set_submodule(model, target, layer)
     return targets
+
+
+def _backend_hint(module: nn.Module) -> str:
+    """Where quantized layers are served from, for the error about a layer nobody could view."""
+    if type(module).__module__.startswith("bitsandbytes"):
+        return (
+            "; bitsandbytes layers are served by the peftkit-bnb backend (`pip install peftkit-bnb`; "
+            "`peftkit list-methods` shows the layer types each installed backend serves)"
+        )
+    return ""
 
 
 def _move_like_base(layer: AdapterLayer, name: str) -> None:
@@ -130,8 +148,11 @@ def wrap_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) 
     paths = [
         path
         for path, module in model.named_modules()
-        if path and (path in wanted or path.rsplit(".", 1)[-1] in wanted) and not isinstance(module, AdapterLayer)
-        and ".modules_to_save." not in path and not path.endswith(".original_module")
+        if path
+        and (path in wanted or path.rsplit(".", 1)[-1] in wanted)
+        and not isinstance(module, AdapterLayer)
+        and ".modules_to_save." not in path
+        and not path.endswith(".original_module")
     ]
     for path in paths:
         module = model.get_submodule(path)

@@ -53,7 +53,9 @@ def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str, metadata: d
     _write_atomic(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
 
 
-def load_tensors(folder: str, weights_only_bin: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(
+    folder: str, weights_only_bin: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of an adapter folder; a damaged file is a ``CheckpointError``."""
     file = os.path.join(folder, WEIGHTS_NAME)
     if os.path.isfile(file):
@@ -64,7 +66,9 @@ def load_tensors(folder: str, weights_only_bin: bool = True) -> tuple[dict[str, 
             # weights_only=True: a pickle from a stranger may load tensors but never run code.
             return torch.load(legacy, map_location="cpu", weights_only=weights_only_bin), {}
         except Exception as exc:
-            raise CheckpointError(f"{legacy} could not be read safely ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(
+                f"{legacy} could not be read safely ({type(exc).__name__}: {exc})"
+            ) from None
     raise CheckpointError(f"no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}) in {folder!r}")
 
 
@@ -74,7 +78,7 @@ def _load_safetensors(file: str) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         with safe_open(file, framework="pt", device="cpu") as fh:
             metadata = fh.metadata() or {}
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
     except Exception as exc:
         raise CheckpointError(
             f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc}); "

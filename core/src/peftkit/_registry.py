@@ -33,7 +33,11 @@ class Method:
     ``prefix`` starts the names of the method's parameters (``"lora_"``). ``default_targets`` maps a
     transformers ``model_type`` to module names. ``layer_types`` names the base layers the method
     can adapt (for ``list-methods``). ``model_level`` names adapter tensors that live on the model,
-    not a layer (VeRA's projections). ``dist`` and ``version`` are filled in by the core.
+    not a layer (VeRA's projections). ``model_methods`` maps a name to a function (or lazy
+    ``"module:attr"``) called as ``fn(peft_model, *args, **kwargs)``: public names become methods of
+    the ``PeftModel`` (LoRA's ``add_weighted_adapter``); names starting with ``_`` are hooks the core
+    calls at fixed points (``_convert_for_initial_model`` in ``save_pretrained``). ``dist`` and
+    ``version`` are filled in by the core.
     """
 
     name: str
@@ -44,6 +48,7 @@ class Method:
     default_targets: Mapping[str, Sequence[str]] = field(default_factory=dict)
     layer_types: Sequence[str] = ()
     model_level: Sequence[str] = ()
+    model_methods: Mapping[str, Any] = field(default_factory=dict)
     dist: str = "unknown"
     version: str = "0"
 

@@ -22,17 +22,21 @@ def _digest(config: dict[str, Any]) -> str:
     return _io.config_digest(json.dumps(kept, sort_keys=True))
 
 
-def save_adapter(peft_model: Any, name: str, folder: str) -> None:
+def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None) -> None:
     """Write adapter ``name`` into ``folder``: weights first, then the config they were saved with.
+
+    ``transform(config, tensors) -> (config, tensors)``, when given, rewrites both before anything is written.
 
     Both files go through temporary files and renames, and the weights carry a digest of the
     config, so a save killed between the two renames is detected on load instead of silently
     pairing new weights with an old config.
     """
-    os.makedirs(folder, exist_ok=True)
     config = peft_model.peft_config[name].replace(inference_mode=True)
-    text = config.to_json()
     tensors = _state_dict.adapter_state_dict(peft_model, name)
+    if transform is not None:
+        config, tensors = transform(config, tensors)
+    os.makedirs(folder, exist_ok=True)
+    text = config.to_json()
     metadata = {"format": "pt", DIGEST_KEY: _digest(config.to_dict())}
     _io.save_tensors_atomic(tensors, os.path.join(folder, _io.WEIGHTS_NAME), metadata)
     _io.write_text_atomic(os.path.join(folder, CONFIG_NAME), text)
@@ -89,4 +93,3 @@ def read_adapter(
             "or pass config=... to load it with a config you trust"
         )
     return loaded, tensors
-

@@ -38,7 +38,9 @@ def adapter_slots(peft_model: Any, name: str) -> dict[str, tuple[nn.Module, str,
                 slots[f"{MODEL_PREFIX}{path}.{_disk_key(key, name)}"] = (module, key, tensor)
     for attr in peft_model.method_for(name).model_level:
         holder = getattr(peft_model.base_model, attr, None)
-        if holder is not None and name in holder:
+        # A non-persistent buffer is neither saved nor expected on load: the method regenerates it
+        # (VeRA's projections with save_projection=False).
+        if holder is not None and name in holder and name in holder.state_dict(keep_vars=True):
             slots[f"base_model.{attr}"] = (holder, name, holder[name])
     slots.update(bias_slots(model, config.bias, name, set(peft_model.peft_config)))
     return slots
@@ -169,7 +171,8 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], assign: bool) 
             else:
                 owner._buffers[attr] = value
         else:
-            target.data.copy_(value)
+            # copy_ on the tensor itself (callers hold no_grad) bumps its version, which caches rely on.
+            target.copy_(value)
 
 
 def _resolve(module: nn.Module, key: str) -> torch.Tensor:

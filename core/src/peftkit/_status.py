@@ -88,5 +88,8 @@ def model_status(peft_model: Any) -> ModelStatus:
         merged_adapters=_agree([sorted(layer.merged_adapters) for layer in layers]) if layers else [],
         requires_grad=requires_grad,
         available_adapters=sorted(peft_model.peft_config),
-        devices={n: sorted({d for layer in layers for d in layer.devices.get(n, [])}) for n in peft_model.peft_config},
+        devices={
+            n: sorted({d for layer in layers for d in layer.devices.get(n, [])})
+            for n in peft_model.peft_config
+        },
     )

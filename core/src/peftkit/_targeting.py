@@ -26,8 +26,10 @@ def _name_matcher(spec: str | Sequence[str] | None) -> Callable[[str], bool]:
         pattern = re.compile(spec)
         return lambda name: pattern.fullmatch(name) is not None
     exact = set(spec)
-    return lambda name: name in exact or name.rsplit(".", 1)[-1] in exact or any(
-        name.endswith("." + t) for t in exact if "." in t
+    return lambda name: (
+        name in exact
+        or name.rsplit(".", 1)[-1] in exact
+        or any(name.endswith("." + t) for t in exact if "." in t)
     )
 
 
@@ -85,7 +87,9 @@ def find_targets(
     """
     spec = resolve_target_spec(config, model, default_targets)
     heads = _output_head_names(model) if spec == ALL_LINEAR else set()
-    wanted = (lambda n, m: is_linear(m) and n not in heads) if spec == ALL_LINEAR else _wrap(_name_matcher(spec))
+    wanted = (
+        (lambda n, m: is_linear(m) and n not in heads) if spec == ALL_LINEAR else _wrap(_name_matcher(spec))
+    )
     excluded = _name_matcher(config.exclude_modules)
     in_layer = _layer_index_matcher(config)
     found, inside = [], []

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit import _per_sample
 from peftkit.views import BaseLayerView, MergeNotSupportedError
 
 
@@ -45,6 +46,15 @@ class AdapterLayer(nn.Module):
         self.disable_adapters = False
 
     # --- the method's part -------------------------------------------------------------
+    @classmethod
+    def before_inject(cls, owner: nn.Module, config: Any, name: str, layers: Sequence[AdapterLayer]) -> None:
+        """Called once per new adapter, after every target is found and before any layer creates it.
+
+        ``owner`` holds the model-level tensors (``Method.model_level`` attributes); ``layers`` will
+        receive the adapter (each has ``view`` and ``path``). State shared across layers (VeRA's
+        projections) is made here; the default does nothing.
+        """
+
     def create_adapter(self, name: str, config: Any) -> None:
         raise NotImplementedError
 
@@ -63,6 +73,14 @@ class AdapterLayer(nn.Module):
 
     def unmerged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
         return weight - self.delta_weight(name).to(weight.dtype)
+
+    def add_delta_to_weight(self, name: str, alpha: float) -> None:
+        """Add ``alpha`` times adapter ``name``'s additive update to the base weight (merge: 1, unmerge: -1).
+
+        Sparse methods override this to touch only their entries instead of building a dense delta.
+        """
+        delta = self.delta_weight(name)
+        self.view.add_to_weight(delta if alpha == 1.0 else alpha * delta)
 
     @property
     def is_additive(self) -> bool:
@@ -84,11 +102,18 @@ class AdapterLayer(nn.Module):
 
     def adapter_state(self, name: str, prefix: str = "") -> dict[str, torch.Tensor]:
         """The tensors (parameters and persistent buffers) of adapter ``name``, with in-memory keys."""
-        return {
-            prefix + key: value
-            for key, value in self.state_dict(keep_vars=True).items()
-            if not key.startswith("base_layer.") and name in key.split(".")
-        }
+        # Never ask the base layer for its state_dict: a quantized one may rewrite itself when asked
+        # (bitsandbytes 0.50 unpacks CPU-packed 4-bit weights in place, corrupting their scales).
+        state: dict[str, torch.Tensor] = {k: v for k, v in self._parameters.items() if v is not None}
+        state.update(
+            (k, v)
+            for k, v in self._buffers.items()
+            if v is not None and k not in self._non_persistent_buffers_set
+        )
+        for child_name, child in self._modules.items():
+            if child_name != "base_layer" and child is not None:
+                state.update(child.state_dict(prefix=f"{child_name}.", keep_vars=True))
+        return {prefix + key: value for key, value in state.items() if name in key.split(".")}
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         for key, param in self.named_parameters():
@@ -122,10 +147,32 @@ class AdapterLayer(nn.Module):
             if self.merged_adapters:
                 self.unmerge()
             return self.view.forward(x, *args, **kwargs)
+        per_sample = _per_sample.current()
+        if per_sample is not None:
+            return self._forward_per_sample(per_sample, x, *args, **kwargs)
         result = self.view.forward(x, *args, **kwargs)
         for name in self.active_adapters:
             if name not in self.merged_adapters:
                 result = self.adapter_forward(x, result, name)
+        return result
+
+    def _forward_per_sample(
+        self, per_sample: _per_sample.SampleAdapters, x: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Each sample through the adapter named for it (``adapter_names=[...]``), grouped by adapter."""
+        if self.merged_adapters:
+            raise ValueError(
+                f"adapter_names cannot be used while adapters {self.merged_adapters} are merged into "
+                f"{getattr(self, 'path', 'a layer')}; call unmerge_adapter() first"
+            )
+        result = self.view.forward(x, *args, **kwargs)
+        for name, index in per_sample.groups(x.shape[0], x.device):
+            if name not in self.adapter_configs:  # "__base__", or an adapter that does not target this layer
+                continue
+            if index is None:
+                result = self.adapter_forward(x, result, name)
+            else:
+                result = result.index_copy(0, index, self.adapter_forward(x[index], result[index], name))
         return result
 
     # --- merging ------------------------------------------------------------------------
@@ -144,7 +191,7 @@ class AdapterLayer(nn.Module):
     def _merge_one(self, name: str, safe_merge: bool) -> None:
         bias_delta = self.delta_bias(name)
         if self.is_additive and not safe_merge:
-            self.view.add_to_weight(self.delta_weight(name))
+            self.add_delta_to_weight(name, 1.0)
         else:
             weight = self.view.read_weight()
             new = self.merged_weight(weight.float(), name)
@@ -173,9 +220,23 @@ class AdapterLayer(nn.Module):
                 self._merge_one(name, safe_merge=False)
                 self.merged_adapters.append(name)
 
+    def switch_merged(self, names: Sequence[str]) -> None:
+        """Make ``names`` (those present here) the merged adapters, unmerging and merging only what changes.
+
+        Additive adapters that stay merged are left in the weight; a non-additive merge order that
+        no longer fits ``names`` is redone from the base weight.
+        """
+        wanted = [n for n in names if n in self.adapter_configs]
+        kept = [n for n in self.merged_adapters if n in wanted]
+        stale = [n for n in self.merged_adapters if n not in wanted]
+        if not self.is_additive and kept != wanted[: len(kept)]:
+            stale = list(self.merged_adapters)
+        self.unmerge(adapter_names=stale)
+        self.merge(adapter_names=wanted)
+
     def _unmerge_one(self, name: str) -> None:
         if self.is_additive:
-            self.view.add_to_weight(-self.delta_weight(name))
+            self.add_delta_to_weight(name, -1.0)
         else:
             self.view.write_weight(self.unmerged_weight(self.view.read_weight().float(), name))
         bias_delta = self.delta_bias(name)
@@ -247,7 +308,32 @@ class ModulesToSave(nn.Module):
         return self.modules_to_save[self.active_adapter]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.current()(*args, **kwargs)
+        per_sample = _per_sample.current()
+        if per_sample is None or self.disable_adapters:
+            return self.current()(*args, **kwargs)
+        return self._forward_per_sample(per_sample, *args, **kwargs)
+
+    def _forward_per_sample(
+        self, per_sample: _per_sample.SampleAdapters, x: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Each sample through the copy of the adapter named for it (the original for others)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"adapter_names needs a batch tensor as first input of {type(self.original_module).__name__}"
+            )
+        groups = per_sample.groups(x.shape[0], x.device)
+        pick = self.modules_to_save
+        if len(groups) == 1:
+            name = groups[0][0]
+            return (pick[name] if name in pick else self.original_module)(x, *args, **kwargs)
+        outputs, order = [], []
+        for name, index in groups:
+            module = pick[name] if name in pick else self.original_module
+            outputs.append(module(x[index], *args, **kwargs))
+            order.append(index)
+        if not all(isinstance(o, torch.Tensor) for o in outputs):
+            raise TypeError(f"adapter_names: {type(self.original_module).__name__} does not return a tensor")
+        return torch.cat(outputs).index_select(0, torch.argsort(torch.cat(order)))
 
     def __getattr__(self, name: str) -> Any:
         try:

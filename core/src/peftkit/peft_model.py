@@ -64,7 +64,26 @@ class PeftModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            extension = self._model_method(name)
+            if extension is not None:
+                return extension
             return getattr(self._modules["base_model"], name)
+
+    def _model_method(self, name: str) -> Any:
+        """A public model-level function of this model's method (``Method.model_methods``), bound to the model."""
+        configs = self.__dict__.get("peft_config")
+        if name.startswith("_") or not configs:
+            return None
+        return self._method_hook(next(iter(configs)), name)
+
+    def _method_hook(self, adapter_name: str, name: str) -> Any:
+        """``Method.model_methods[name]`` of adapter ``adapter_name``'s method bound to this model, or None."""
+        import functools
+
+        from peftkit._registry import resolve
+
+        target = self.method_for(adapter_name).model_methods.get(name)
+        return None if target is None else functools.partial(resolve(target), self)
 
     def get_base_model(self) -> nn.Module:
         """The wrapped model (with adapter layers inside)."""
@@ -83,8 +102,47 @@ class PeftModel(nn.Module):
     def active_peft_config(self) -> PeftConfig:
         return self.peft_config[self.active_adapter]
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.get_base_model()(*args, **kwargs)
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The wrapped model's forward; ``adapter_names`` (one per sample, ``"__base__"`` for none) mixes adapters in a batch."""
+        if adapter_names is None:
+            return self.get_base_model()(*args, **kwargs)
+        with self._per_sample_adapters(adapter_names):
+            return self.get_base_model()(*args, **kwargs)
+
+    def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The wrapped model's ``generate``; ``adapter_names`` as in :meth:`forward`, repeated per beam for you."""
+        base = self.get_base_model()
+        if not hasattr(base, "generate"):
+            raise AttributeError(f"{type(base).__name__} has no generate method")
+        if adapter_names is None:
+            return base.generate(*args, **kwargs)
+        config = kwargs.get("generation_config") or getattr(base, "generation_config", None)
+        # transformers repeats each input max(num_beams, num_return_sequences) times before decoding.
+        repeat = max(
+            int(kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1),
+            int(kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1),
+        )
+        with self._per_sample_adapters(adapter_names, repeat):
+            return base.generate(*args, **kwargs)
+
+    @contextmanager
+    def _per_sample_adapters(self, adapter_names: Sequence[str], repeat: int = 1) -> Iterator[None]:
+        from peftkit import _per_sample
+
+        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+            raise TypeError(
+                f"adapter_names must be a list of adapter names, one per sample; got {adapter_names!r}"
+            )
+        if self.training:
+            raise ValueError("adapter_names is for inference; call model.eval() first (training mode is on)")
+        unknown = sorted({n for n in adapter_names if n != _per_sample.BASE and n not in self.peft_config})
+        if unknown:
+            raise ValueError(
+                f"adapter_names names unknown adapter(s) {unknown}; this model has {list(self.peft_config)} "
+                f"(use {_per_sample.BASE!r} for the base model)"
+            )
+        with _per_sample.sample_adapters(adapter_names, repeat):
+            yield
 
     def _adapter_modules(self) -> Iterator[AdapterLayer | ModulesToSave]:
         for module in self.get_base_model().modules():
@@ -115,11 +173,14 @@ class PeftModel(nn.Module):
         first = not self.peft_config
         self.peft_config[adapter_name] = peft_config
         try:
-            _injection.inject_adapter(model, method, peft_config, adapter_name, low_cpu_mem_usage)
+            _injection.inject_adapter(
+                model, method, peft_config, adapter_name, low_cpu_mem_usage, owner=self.base_model
+            )
             if peft_config.modules_to_save:
                 _injection.wrap_modules_to_save(model, list(peft_config.modules_to_save), adapter_name)
         except Exception:
             _injection.remove_adapter_layers(model, adapter_name)
+            self._drop_model_level(method, adapter_name)
             del self.peft_config[adapter_name]
             raise
         self._cast_adapter(adapter_name)
@@ -169,21 +230,38 @@ class PeftModel(nn.Module):
             param.requires_grad_(True)
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
-        """Use these adapters in forward. Gradients are not touched: see set_requires_grad."""
+        """Use these adapters in forward. Gradients are not touched: see set_requires_grad.
+
+        A merged model stays merged: the new adapters are merged in place of the old ones, each layer
+        unmerging and merging only what changes (fast switching of fused adapters).
+        """
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise ValueError(f"unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
+        layers = [m for m in self._adapter_modules() if isinstance(m, AdapterLayer)]
+        if any(layer.merged_adapters for layer in layers):
+            self._switch_merged(layers, names)
         for module in self._adapter_modules():
-            if (
-                isinstance(module, AdapterLayer)
-                and module.merged_adapters
-                and set(module.merged_adapters) != set(names)
-            ):
-                warnings.warn("set_adapter on a merged model: unmerging first")
-                module.unmerge()
             module.set_active(names)
         self.active_adapters = names
+
+    def _switch_merged(self, layers: list[AdapterLayer], names: list[str]) -> None:
+        blocked = [
+            layer
+            for layer in layers
+            if not layer.view.supports_merge and any(n in layer.adapter_configs for n in names)
+        ]
+        if blocked:
+            warnings.warn(
+                f"set_adapter on a merged model: {blocked[0].view.layer_type} cannot be merged into, "
+                "so every adapter is unmerged and runs unfused"
+            )
+            for layer in layers:
+                layer.unmerge()
+            return
+        for layer in layers:
+            layer.switch_merged(names)
 
     def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
         """Turn training on or off for these adapters, whatever is active."""
@@ -203,14 +281,17 @@ class PeftModel(nn.Module):
         if adapter_name not in self.peft_config:
             raise ValueError(f"unknown adapter {adapter_name!r}; this model has {list(self.peft_config)}")
         _injection.remove_adapter_layers(self.get_base_model(), adapter_name)
-        for attr in self.method_for(adapter_name).model_level:
-            holder = getattr(self.base_model, attr, None)
-            if holder is not None and adapter_name in holder:
-                del holder[adapter_name]
+        self._drop_model_level(self.method_for(adapter_name), adapter_name)
         del self.peft_config[adapter_name]
         self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
         if not self.active_adapters and self.peft_config:
             self.set_adapter(next(iter(self.peft_config)))
+
+    def _drop_model_level(self, method: Method, adapter_name: str) -> None:
+        for attr in method.model_level:
+            holder = getattr(self.base_model, attr, None)
+            if holder is not None and adapter_name in holder:
+                del holder[adapter_name]
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -318,8 +399,14 @@ class PeftModel(nn.Module):
         selected_adapters: Sequence[str] | None = None,
         safe_serialization: bool = True,
         is_main_process: bool = True,
+        path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``; non-default ones in a sub-folder."""
+        """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``; non-default ones in a sub-folder.
+
+        ``path_initial_model_for_weight_conversion``: the folder where an adapter whose init changed the base
+        weights (LoRA's PiSSA / OLoRA) was saved before training; the adapter is then saved converted into one
+        that applies to the original base model (for methods that provide this conversion).
+        """
         if not safe_serialization:
             raise ValueError("peftkit saves safetensors only; pickled .bin adapters can run code when loaded")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -327,6 +414,22 @@ class PeftModel(nn.Module):
         if unknown:
             raise ValueError(
                 f"cannot save unknown adapter(s) {unknown}; this model has {list(self.peft_config)}"
+            )
+        converters: dict[str, Any] = {}
+        if path_initial_model_for_weight_conversion is not None:
+            if len(names) != 1:
+                raise ValueError(
+                    f"path_initial_model_for_weight_conversion converts one adapter; pass selected_adapters=[name] "
+                    f"(this model has {names})"
+                )
+            convert = self._method_hook(names[0], "_convert_for_initial_model")
+            if convert is None:
+                raise ValueError(
+                    f"the {self.method_for(names[0]).name} method cannot convert adapters for the initial model; "
+                    "drop path_initial_model_for_weight_conversion"
+                )
+            converters[names[0]] = lambda config, tensors, name=names[0]: convert(
+                name, config, tensors, path_initial_model_for_weight_conversion
             )
         if not is_main_process:
             return
@@ -338,7 +441,7 @@ class PeftModel(nn.Module):
                 if name == "default"
                 else os.path.join(os.fspath(save_directory), name)
             )
-            save_adapter(self, name, folder)
+            save_adapter(self, name, folder, transform=converters.get(name))
 
     @classmethod
     def from_pretrained(
