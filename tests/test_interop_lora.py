@@ -337,12 +337,11 @@ def test_peft_saved_config_loads_without_warnings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("use_dora", True),
         ("layer_replication", [[0, 1]]),
         ("target_parameters", ["mlp.experts.gate_up_proj"]),
         ("trainable_token_indices", [1, 2]),
         ("loftq_config", {"loftq_bits": 4}),
-        ("init_lora_weights", "pissa"),
+        ("init_lora_weights", "loftq"),
         ("use_qalora", True),
         ("alora_invocation_tokens", [5]),
         ("megatron_config", {"tensor_model_parallel_size": 2}),
@@ -353,13 +352,14 @@ def test_unsupported_peft_features_are_refused(field: str, value: Any) -> None:
         peftkit.config("lora", target_modules=["q_proj"], **{field: value})
 
 
-def test_peft_dora_adapter_is_refused_not_misread(tmp_path: Path) -> None:
-    """A peft adapter that needs a LoRA variant peftkit lacks fails loudly instead of computing plain LoRA."""
+def test_peft_dora_embedding_adapter_is_refused_not_misread(tmp_path: Path) -> None:
+    """A peft adapter that needs a LoRA variant peftkit lacks (DoRA on an embedding) fails loudly instead of
+    computing plain LoRA, and leaves the model as it was."""
     build, _ = MODELS["llama"]
-    peft.get_peft_model(build(), peft.LoraConfig(target_modules=["q_proj"], use_dora=True)).save_pretrained(
-        tmp_path
-    )
+    peft.get_peft_model(
+        build(), peft.LoraConfig(target_modules=["embed_tokens", "q_proj"], use_dora=True)
+    ).save_pretrained(tmp_path)
     model = build()
-    with pytest.raises(peftkit.ConfigError, match=r"DoRA \(use_dora=True\) is not supported yet"):
+    with pytest.raises(ValueError, match=r"DoRA \(use_dora=True\) on embedding layers is not supported"):
         peftkit.PeftModel.from_pretrained(model, tmp_path)
     assert not any("lora" in name for name, _ in model.named_modules())

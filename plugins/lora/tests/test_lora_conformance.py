@@ -49,6 +49,19 @@ class TestLoraConformance(ConformanceSuite):
             id="conv2d-linear-lora-bias",
         ),
         Case("conv3d", {"target_modules": ["conv"], "r": 2}, id="conv3d"),
+        Case("mlp", {"target_modules": ["lin0", "lin1"], "r": 4, "use_dora": True}, id="linear-dora"),
+        Case("emb_conv1d", {"target_modules": ["conv1d"], "r": 4, "use_dora": True}, id="gpt2-conv1d-dora"),
+        Case("conv1d", {"target_modules": ["conv"], "r": 2, "use_dora": True}, id="conv1d-dora"),
+        Case(
+            "conv2d",
+            {"target_modules": ["conv", "lin"], "r": 2, "use_dora": True},
+            id="conv2d-linear-dora",
+        ),
+        Case(
+            "conv3d",
+            {"target_modules": ["conv"], "r": 2, "use_dora": True, "use_rslora": True},
+            id="conv3d-dora",
+        ),
     ]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from peftkit import Method, hookimpl
 
-__all__ = ["LoraConfig"]
+__all__ = ["LoraConfig", "add_weighted_adapter"]
 
 _LLAMA_LIKE = ["q_proj", "v_proj"]
 DEFAULT_TARGETS = {
@@ -38,6 +38,10 @@ def peftkit_register_methods(register: Any) -> None:
             prefix="lora_",
             default_targets=DEFAULT_TARGETS,
             layer_types=("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d"),
+            model_methods={
+                "add_weighted_adapter": "peftkit_lora.weighted:add_weighted_adapter",
+                "_convert_for_initial_model": "peftkit_lora.pissa:convert_for_initial_model",
+            },
         )
     )
 
@@ -47,4 +51,8 @@ def __getattr__(name: str) -> Any:
         from peftkit_lora.config import LoraConfig
 
         return LoraConfig
+    if name == "add_weighted_adapter":
+        from peftkit_lora.weighted import add_weighted_adapter
+
+        return add_weighted_adapter
     raise AttributeError(name)

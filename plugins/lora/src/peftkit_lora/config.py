@@ -16,7 +16,6 @@ from peftkit import ConfigError, PeftConfig
 
 # Field -> the feature it switches on, for fields whose non-default value peftkit cannot honour.
 UNSUPPORTED_FIELDS = {
-    "use_dora": "DoRA (use_dora=True)",
     "layer_replication": "layer replication",
     "target_parameters": "LoRA on nn.Parameter targets (target_parameters)",
     "trainable_token_indices": "trainable tokens (trainable_token_indices)",
@@ -34,7 +33,8 @@ UNSUPPORTED_FIELDS = {
     "kasa_config": "KaSA (kasa_config)",
     "ensure_weight_tying": "tied adapters on tied weights (ensure_weight_tying=True)",
 }
-INIT_CHOICES = (True, False, "gaussian")
+INIT_CHOICES = (True, False, "gaussian", "pissa", "pissa_niter_K", "olora")
+_PISSA_NITER = re.compile(r"pissa_niter_(\d+)\Z")
 
 
 @dataclass
@@ -43,7 +43,12 @@ class LoraConfig(PeftConfig):
 
     ``r`` is the rank and ``lora_alpha / r`` the scaling (``lora_alpha / sqrt(r)`` with
     ``use_rslora``). ``init_lora_weights``: True (A Kaiming-uniform, B zero: identity at start),
-    ``"gaussian"`` (A normal with std 1/r, B zero) or False (random, for tests).
+    ``"gaussian"`` (A normal with std 1/r, B zero) or False (random, for tests); ``"pissa"``,
+    ``"pissa_niter_K"`` (randomised SVD with K subspace iterations) and ``"olora"`` (QR) start the
+    adapter from the principal part of the base weight and subtract it from the base weight, so they
+    change the base model (see ``save_pretrained(..., path_initial_model_for_weight_conversion=...)``).
+    ``use_dora`` turns on DoRA: the update is split into a trained per-output magnitude
+    (``lora_magnitude_vector``) and a direction (linear, GPT-2 ``Conv1D`` and convolution layers).
     ``rank_pattern`` / ``alpha_pattern`` map a module-name pattern (regex matched against the
     end of the module path, first match wins) to its own r / alpha. ``lora_bias`` gives
     ``lora_B`` a trainable bias. ``fan_in_fan_out`` is kept for compatibility: the base-layer
@@ -62,8 +67,8 @@ class LoraConfig(PeftConfig):
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, int] = field(default_factory=dict)
     lora_bias: bool = False
-    # Hugging Face PEFT fields accepted only at these defaults (see UNSUPPORTED_FIELDS).
     use_dora: bool = False
+    # Hugging Face PEFT fields accepted only at these defaults (see UNSUPPORTED_FIELDS).
     layer_replication: list[list[int]] | None = None
     target_parameters: list[str] | None = None
     trainable_token_indices: list[int] | dict[str, list[int]] | None = None
@@ -88,10 +93,18 @@ class LoraConfig(PeftConfig):
         if not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"LoRA r must be a positive integer, got {self.r!r}")
         init = self.init_lora_weights
-        if not (init is True or init is False or (isinstance(init, str) and init.lower() == "gaussian")):
+        named = isinstance(init, str) and (
+            init.lower() in ("gaussian", "olora", "pissa") or _PISSA_NITER.match(init)
+        )
+        if not (init is True or init is False or named):
             raise ConfigError(
-                f"init_lora_weights={init!r} is not supported yet in peftkit-lora; use True, False or 'gaussian'"
+                f"init_lora_weights={init!r} is not supported yet in peftkit-lora; use one of "
+                f"{', '.join(map(repr, INIT_CHOICES))} (K a whole number of iterations)"
             )
+        if self.lora_bias and init not in (True, False):
+            raise ConfigError(f"lora_bias=True needs init_lora_weights True or False, got {init!r}")
+        if self.lora_bias and self.use_dora:
+            raise ConfigError("lora_bias=True cannot be combined with DoRA (use_dora=True); drop one of them")
         for name, feature in UNSUPPORTED_FIELDS.items():
             value = getattr(self, name)
             if not (value is None or value is False or value == {}):
@@ -104,6 +117,11 @@ class LoraConfig(PeftConfig):
                     re.compile(key)
                 except re.error as exc:
                     raise ConfigError(f"{pattern_field} key {key!r} is not a valid regex: {exc}") from None
+
+    @property
+    def changes_base_weights(self) -> bool:
+        """Whether this init (PiSSA, OLoRA) moves part of the base weight into the adapter."""
+        return isinstance(self.init_lora_weights, str) and self.init_lora_weights.lower() != "gaussian"
 
     def rank_and_alpha(self, module_path: str) -> tuple[int, float]:
         """The r and alpha for one module, after ``rank_pattern`` / ``alpha_pattern``."""

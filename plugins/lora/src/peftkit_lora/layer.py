@@ -9,7 +9,9 @@ Shapes by base-layer kind (``r`` = rank, ``scaling = alpha / r``, or ``alpha / s
 * convolution: ``lora_A`` a convolution with the base kernel, stride, padding and dilation to
   ``r`` channels; ``lora_B`` a 1x1 convolution back to ``out`` channels (grouped like the base).
 
-Each kind is one entry of ``_KINDS``; adding a kind is adding an entry.
+Each kind is one entry of ``_KINDS``; adding a kind is adding an entry. DoRA (``dora.py``) and the
+inits that rewrite the base weight (``pissa.py``) live in their own modules; ``set_scale`` /
+``scale_layer`` / ``unscale_layer`` change ``scaling`` as Hugging Face PEFT's do.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit import AdapterLayer
+from peftkit_lora import dora, pissa
 
 
 class LoraLayer(AdapterLayer):
-    adapter_dicts = ("scaling", "r")
+    adapter_dicts = ("scaling", "r", "initial_scaling", "dora_norms")
 
     def __init__(self, base_layer: nn.Module, view: Any) -> None:
         super().__init__(base_layer, view)
@@ -33,23 +36,44 @@ class LoraLayer(AdapterLayer):
         self.lora_B = nn.ModuleDict()
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
+        self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only
         self.lora_dropout = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
+        self.initial_scaling: dict[str, float] = {}  # what set_scale / unscale_layer scale from
+        self.dora_norms: dict[str, torch.Tensor] = {}  # per merged DoRA adapter, to unmerge exactly
         self.r: dict[str, int] = {}
         self.kind = _KINDS[view.kind]
+
+    @classmethod
+    def before_inject(cls, owner: nn.Module, config: Any, name: str, layers: Any) -> None:
+        """Check every target first, so that an init which rewrites base weights never stops half-way."""
+        if config.changes_base_weights:
+            pissa.check_supported(layers, config.init_lora_weights)
+        if config.use_dora:
+            for layer in layers:
+                dora.check_supported(layer)
 
     def create_adapter(self, name: str, config: Any) -> None:
         r, alpha = config.rank_and_alpha(getattr(self, "path", ""))
         if r <= 0:
             raise ValueError(f"LoRA r must be positive, got {r} for {getattr(self, 'path', 'this layer')}")
+        if config.use_dora:
+            dora.check_supported(self)
         self.r[name] = r
         self.scaling[name] = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+        self.initial_scaling[name] = self.scaling[name]
         self.lora_dropout[name] = (
             nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         )
         self.kind.create(self, name, r, config)
+        if config.changes_base_weights:
+            pissa.init_from_base(self, name, config.init_lora_weights)
+        if config.use_dora:  # after any init that rewrites the base weight: m is the norm of the final weight
+            dora.create_magnitude(self, name)
 
     def adapter_forward(self, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        if name in self.lora_magnitude_vector:
+            return dora.forward(self, x, result, name)
         return self.kind.forward(self, x, result, name)
 
     def delta_weight(self, name: str) -> torch.Tensor:
@@ -59,6 +83,40 @@ class LoraLayer(AdapterLayer):
         if name in self.lora_B and self.lora_B[name].bias is not None:
             return self.lora_B[name].bias.detach() * self.scaling[name]
         return None
+
+    # --- DoRA makes merging non-additive --------------------------------------------------
+    @property
+    def is_additive(self) -> bool:
+        return len(self.lora_magnitude_vector) == 0
+
+    def merged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        if name in self.lora_magnitude_vector:
+            return dora.merged_weight(self, weight, name)
+        return weight + self.delta_weight(name).to(weight.dtype)
+
+    def unmerged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        if name in self.lora_magnitude_vector:
+            return dora.unmerged_weight(self, weight, name)
+        return weight - self.delta_weight(name).to(weight.dtype)
+
+    # --- scaling ---------------------------------------------------------------------------
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """Set adapter ``adapter``'s scaling to ``scale`` times its configured ``alpha / r``; absent adapters are ignored."""
+        if adapter in self.initial_scaling:
+            self.scaling[adapter] = scale * self.initial_scaling[adapter]
+
+    def scale_layer(self, scale: float) -> None:
+        """Multiply the current scaling of every active adapter by ``scale``."""
+        for name in self.active_adapters:
+            self.scaling[name] *= scale
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        """Divide the current scaling of every active adapter by ``scale``; None restores the configured one."""
+        for name in self.active_adapters:
+            if scale is None:
+                self.scaling[name] = self.initial_scaling[name]
+            else:
+                self.scaling[name] /= scale
 
 
 class _LinearKind:
@@ -141,8 +199,8 @@ class _ConvKind:
 
 
 def _init_ab(a_weight: torch.Tensor, lora_B: nn.Module, r: int, init: bool | str) -> None:
-    if init is False:
-        return
+    if init is False or (isinstance(init, str) and init.lower() != "gaussian"):
+        return  # random (tests), or filled from the base weight afterwards (PiSSA, OLoRA)
     if init is True:
         nn.init.kaiming_uniform_(a_weight, a=math.sqrt(5))
     else:  # "gaussian"
