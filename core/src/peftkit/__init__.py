@@ -22,6 +22,7 @@ _LAZY = {
     "config": "peftkit._api",
     "list_methods": "peftkit._api",
     "get_peft_model": "peftkit.peft_model",
+    "prepare_model_for_kbit_training": "peftkit.kbit",
     "PeftModel": "peftkit.peft_model",
     "PeftModelForCausalLM": "peftkit.peft_model",
     "PeftModelForSeq2SeqLM": "peftkit.peft_model",
