@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftkit._plugins import registry
 from peftkit._config import PeftConfig, make_config
+from peftkit._plugins import registry
 
 
 def config(name: str, **kwargs: Any) -> PeftConfig:
