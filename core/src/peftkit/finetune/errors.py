@@ -1,0 +1,5 @@
+"""The one error type of ``peftkit finetune`` for bad input: the CLI prints it as one line."""
+
+
+class FinetuneError(ValueError):
+    """Something the user passed (data, model folder, options) cannot be used; the message says what to do."""
