@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import re
+import types
+import typing
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -65,6 +69,13 @@ class PeftConfig:
             self.target_modules = list(self.target_modules)
         if self.peft_version is None:
             self.peft_version = format_version()
+        for name in ("target_modules", "exclude_modules"):
+            pattern = getattr(self, name)
+            if isinstance(pattern, str) and pattern != "all-linear":
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"{name}={pattern!r} is not a valid regex: {exc}") from None
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -92,11 +103,80 @@ class PeftConfig:
             warnings.warn(
                 f"{cls.__name__}: ignoring unknown keys {unknown} (written by a newer or different version)"
             )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return build_checked(cls, {k: v for k, v in data.items() if k in known})
 
     def replace(self, **changes: Any) -> PeftConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def build_checked(cls: type[PeftConfig], values: dict[str, Any]) -> PeftConfig:
+    """``cls(**values)``, with every field's type checked (see ``check_field_types``).
+
+    The method's own checks run first, so their messages win; a value of a kind they did not
+    expect (a ``TypeError`` inside them) is still reported as a ``ConfigError``.
+    """
+    try:
+        config = cls(**values)
+    except (TypeError, AttributeError, OverflowError) as exc:
+        check_field_types(cls, values)
+        raise ConfigError(f"{cls.__name__}: a field has a value of the wrong kind ({exc})") from None
+    check_field_types(cls, {f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    return config
+
+
+def check_field_types(cls: type[PeftConfig], values: dict[str, Any]) -> None:
+    """Raise ConfigError naming the first field of ``cls`` whose value in ``values`` does not fit its annotation.
+
+    Only the plain JSON shapes are checked (bool, int, float, str, None, ``list[...]``, ``dict[...]``,
+    unions); an annotation of any other kind accepts anything. ``int`` and ``float`` fields take
+    any number but ``bool`` (the method checks ranges), and ``list`` fields take tuples.
+    """
+    hints = _field_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and not _fits(value, hint):
+            raise ConfigError(
+                f"{cls.__name__}: {name}={value!r} is not a valid value; expected {_describe(hint)}"
+            )
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved: leave that config unchecked
+        return {}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        # Numbers are not told apart: configs in the wild hold float alphas in int fields.
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 2**63
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list or hint is list:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value if args)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return False
+        return not args or all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    return True  # a type this check does not model (a class, Literal...): the method validates it
+
+
+def _describe(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
 # The Hugging Face PEFT release whose on-disk format peftkit writes. Readers compare
@@ -156,4 +236,4 @@ def make_config(name: str, **kwargs: Any) -> PeftConfig:
         raise ConfigError(
             f"{cls.__name__} has no field(s) {unknown}; valid fields: {', '.join(sorted(cls.field_names()))}"
         )
-    return cls(**kwargs)
+    return build_checked(cls, kwargs)

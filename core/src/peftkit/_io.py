@@ -64,12 +64,25 @@ def load_tensors(
     if os.path.isfile(legacy):
         try:
             # weights_only=True: a pickle from a stranger may load tensors but never run code.
-            return torch.load(legacy, map_location="cpu", weights_only=weights_only_bin), {}
+            loaded = torch.load(legacy, map_location="cpu", weights_only=weights_only_bin)
         except Exception as exc:
             raise CheckpointError(
-                f"{legacy} could not be read safely ({type(exc).__name__}: {exc})"
+                f"{legacy} could not be read safely ({type(exc).__name__}: {_pickle_reason(exc)}); peftkit "
+                "never runs code from a pickle: convert it to adapter_model.safetensors with a tool you trust"
             ) from None
+        if not isinstance(loaded, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+        ):
+            raise CheckpointError(f"{legacy} does not hold a dict of named tensors")
+        return loaded, {}
     raise CheckpointError(f"no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}) in {folder!r}")
+
+
+def _pickle_reason(exc: Exception) -> str:
+    """The line of torch's long weights-only refusal that says what the pickle asked for."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    found = [line for line in lines if line.startswith("WeightsUnpickler error")]
+    return (found or lines or [""])[0]
 
 
 def _load_safetensors(file: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

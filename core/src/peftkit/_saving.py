@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from peftkit import _io, _state_dict
-from peftkit._config import CONFIG_NAME, PeftConfig, config_from_dict, read_config_dict
+from peftkit._config import CONFIG_NAME, ConfigError, PeftConfig, config_from_dict, read_config_dict
 
 DIGEST_KEY = "peftkit_config_digest"
+# The new config, complete on disk before the weights are replaced; renamed into place last.
+PENDING_CONFIG = ".peftkit-pending-" + CONFIG_NAME
 # Descriptive fields a user may edit by hand without changing what the tensors mean.
 _UNDIGESTED = ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping")
 
@@ -27,9 +29,11 @@ def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None)
 
     ``transform(config, tensors) -> (config, tensors)``, when given, rewrites both before anything is written.
 
-    Both files go through temporary files and renames, and the weights carry a digest of the
-    config, so a save killed between the two renames is detected on load instead of silently
-    pairing new weights with an old config.
+    Every file is written to a temporary name and renamed into place, and the weights carry a
+    digest of their config. The new config is written completely (as ``PENDING_CONFIG``) before
+    the weights are replaced, and renamed over ``adapter_config.json`` last: a save killed at any
+    point leaves either the previous pair, or the new weights with their config still pending,
+    which ``read_adapter`` recognises by the digest and loads. Never a mix of the two.
     """
     config = peft_model.peft_config[name].replace(inference_mode=True)
     tensors = _state_dict.adapter_state_dict(peft_model, name)
@@ -38,8 +42,10 @@ def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None)
     os.makedirs(folder, exist_ok=True)
     text = config.to_json()
     metadata = {"format": "pt", DIGEST_KEY: _digest(config.to_dict())}
+    pending = os.path.join(folder, PENDING_CONFIG)
+    _io.write_text_atomic(pending, text)
     _io.save_tensors_atomic(tensors, os.path.join(folder, _io.WEIGHTS_NAME), metadata)
-    _io.write_text_atomic(os.path.join(folder, CONFIG_NAME), text)
+    os.replace(pending, os.path.join(folder, CONFIG_NAME))
 
 
 def resolve_folder(model_id: str | os.PathLike[str], subfolder: str | None = None, **hub_kwargs: Any) -> str:
@@ -76,8 +82,11 @@ def read_adapter(
 
     folder = resolve_folder(model_id, subfolder, **hub_kwargs)
     raw = read_config_dict(folder) if config is None else config.to_dict()
-    on_disk = dict(raw)
     tensors, metadata = _io.load_tensors(folder)
+    digest = metadata.get(DIGEST_KEY)
+    if config is None and digest is not None and _digest(raw) != digest:
+        raw = _interrupted_save(folder, digest) or raw
+    on_disk = dict(raw)
     translated = plugin_manager().hook.peftkit_translate_checkpoint(config=raw, tensors=tensors)
     if translated is not None:
         raw, tensors = translated
@@ -85,7 +94,6 @@ def read_adapter(
     if not isinstance(loaded, PeftConfig):
         raise TypeError(f"config must be a peftkit config, got {type(loaded).__name__}")
     # Checked after the config is understood, so an unknown peft_type is reported as such.
-    digest = metadata.get(DIGEST_KEY)
     if config is None and digest is not None and _digest(on_disk) != digest:
         raise _io.CheckpointError(
             f"{folder}: {CONFIG_NAME} does not match adapter_model.safetensors (a setting that shapes the "
@@ -93,3 +101,15 @@ def read_adapter(
             "or pass config=... to load it with a config you trust"
         )
     return loaded, tensors
+
+
+def _interrupted_save(folder: str, digest: str) -> dict[str, Any] | None:
+    """The config of a save killed after replacing the weights, if it is the one they were saved with."""
+    pending = os.path.join(folder, PENDING_CONFIG)
+    if not os.path.isfile(pending):
+        return None
+    try:
+        data = read_config_dict(pending)
+    except ConfigError:
+        return None
+    return data if _digest(data) == digest else None

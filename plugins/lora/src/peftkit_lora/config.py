@@ -92,6 +92,8 @@ class LoraConfig(PeftConfig):
         super().__post_init__()
         if not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"LoRA r must be a positive integer, got {self.r!r}")
+        if not 0.0 <= self.lora_dropout <= 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1], got {self.lora_dropout!r}")
         init = self.init_lora_weights
         named = isinstance(init, str) and (
             init.lower() in ("gaussian", "olora", "pissa") or _PISSA_NITER.match(init)
