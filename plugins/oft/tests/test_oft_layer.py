@@ -8,13 +8,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from peftkit_oft.config import OFTConfig, nearest_divisor
-from peftkit_oft.layer import OFTLayer
-from peftkit_oft.rotation import cayley, cayley_neumann, project, skew
 from torch import nn
 
 import peftkit
 from peftkit.testing import make_inputs, make_model
+from peftkit_oft.config import OFTConfig, nearest_divisor
+from peftkit_oft.layer import OFTLayer
+from peftkit_oft.rotation import cayley, cayley_neumann, project, skew
 
 
 def _layers(model: nn.Module) -> list[OFTLayer]:

@@ -7,8 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-from peftkit_vera.layer import VeraLayer
-from peftkit_vera.projections import kaiming_uniform, make_projections
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -16,6 +14,8 @@ import peftkit
 from peftkit import CheckpointError, ConfigError
 from peftkit._injection import UnsupportedLayerError
 from peftkit.testing import make_inputs, make_model
+from peftkit_vera.layer import VeraLayer
+from peftkit_vera.projections import kaiming_uniform, make_projections
 
 MLP = {"target_modules": ["lin0", "lin1"], "r": 4, "init_weights": False}
 
