@@ -36,8 +36,11 @@ class Method:
     not a layer (VeRA's projections). ``model_methods`` maps a name to a function (or lazy
     ``"module:attr"``) called as ``fn(peft_model, *args, **kwargs)``: public names become methods of
     the ``PeftModel`` (LoRA's ``add_weighted_adapter``); names starting with ``_`` are hooks the core
-    calls at fixed points (``_convert_for_initial_model`` in ``save_pretrained``). ``dist`` and
-    ``version`` are filled in by the core.
+    calls at fixed points (``_convert_for_initial_model`` in ``save_pretrained``; ``_prepare_config``
+    and ``_create_adapter`` in ``add_adapter``; ``_forward``/``_generate`` instead of the wrapped model's,
+    except inside ``disable_adapter``; ``_state_slots`` when mapping tensors to disk keys). A method with
+    ``layer=None`` adapts no layers: its ``_create_adapter`` builds model-level modules (prompt learning).
+    ``dist`` and ``version`` are filled in by the core.
     """
 
     name: str

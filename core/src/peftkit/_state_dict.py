@@ -27,8 +27,14 @@ def _disk_key(key: str, name: str) -> str:
     return ".".join(parts)
 
 
-def adapter_slots(peft_model: Any, name: str) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
-    """Every tensor of adapter ``name``: on-disk key -> (owning module, key in that module, tensor)."""
+def adapter_slots(
+    peft_model: Any, name: str, for_load: bool = False
+) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
+    """Every tensor of adapter ``name``: on-disk key -> (owning module, key in that module, tensor).
+
+    A method's ``_state_slots(peft_model, name, slots, for_load)`` hook may rewrite the mapping (prompt
+    learning saves a computed ``prompt_embeddings`` table and keys its other tensors ``base_model.<path>``).
+    """
     slots: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
     model = peft_model.base_model.model
     config = peft_model.peft_config[name]
@@ -43,7 +49,8 @@ def adapter_slots(peft_model: Any, name: str) -> dict[str, tuple[nn.Module, str,
         if holder is not None and name in holder and name in holder.state_dict(keep_vars=True):
             slots[f"base_model.{attr}"] = (holder, name, holder[name])
     slots.update(bias_slots(model, config.bias, name, set(peft_model.peft_config)))
-    return slots
+    rewrite = peft_model._method_hook(name, "_state_slots")
+    return slots if rewrite is None else rewrite(name, slots, for_load)
 
 
 def bias_slots(
@@ -81,7 +88,7 @@ def load_adapter_state(
     Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes.
     Returns the unexpected keys, which are ignored.
     """
-    slots = adapter_slots(peft_model, name)
+    slots = adapter_slots(peft_model, name, for_load=True)
     tensors = _align_base_layer_keys(tensors, slots)
     missing = [k for k in slots if k not in tensors]
     if missing:

@@ -102,8 +102,18 @@ class PeftModel(nn.Module):
     def active_peft_config(self) -> PeftConfig:
         return self.peft_config[self.active_adapter]
 
+    def _call_hook(self, name: str) -> Any:
+        """The active method's ``_forward``/``_generate`` hook bound to this model, or None (also while disabled)."""
+        if self.__dict__.get("_adapters_disabled") or not self.active_adapters:
+            return None
+        return self._method_hook(self.active_adapter, name)
+
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The wrapped model's forward; ``adapter_names`` (one per sample, ``"__base__"`` for none) mixes adapters in a batch."""
+        hook = self._call_hook("_forward")
+        if hook is not None:  # a method that changes the inputs (prompt learning) runs the forward itself
+            extra = {} if adapter_names is None else {"adapter_names": adapter_names}
+            return hook(*args, **extra, **kwargs)
         if adapter_names is None:
             return self.get_base_model()(*args, **kwargs)
         with self._per_sample_adapters(adapter_names):
@@ -114,6 +124,10 @@ class PeftModel(nn.Module):
         base = self.get_base_model()
         if not hasattr(base, "generate"):
             raise AttributeError(f"{type(base).__name__} has no generate method")
+        hook = self._call_hook("_generate")
+        if hook is not None:
+            extra = {} if adapter_names is None else {"adapter_names": adapter_names}
+            return hook(*args, **extra, **kwargs)
         if adapter_names is None:
             return base.generate(*args, **kwargs)
         config = kwargs.get("generation_config") or getattr(base, "generation_config", None)
@@ -173,9 +187,14 @@ class PeftModel(nn.Module):
         first = not self.peft_config
         self.peft_config[adapter_name] = peft_config
         try:
-            _injection.inject_adapter(
-                model, method, peft_config, adapter_name, low_cpu_mem_usage, owner=self.base_model
-            )
+            # A method without layers (prompt learning) builds only model-level modules.
+            if method.layer is not None:
+                _injection.inject_adapter(
+                    model, method, peft_config, adapter_name, low_cpu_mem_usage, owner=self.base_model
+                )
+            create = self._method_hook(adapter_name, "_create_adapter")
+            if create is not None:
+                create(adapter_name, peft_config)
             if peft_config.modules_to_save:
                 _injection.wrap_modules_to_save(model, list(peft_config.modules_to_save), adapter_name)
         except Exception:
@@ -197,7 +216,7 @@ class PeftModel(nn.Module):
         if config.target_modules is None and model_type in method.default_targets:
             # Save the modules actually targeted, so a loader with other defaults adapts the same ones.
             changes["target_modules"] = list(method.default_targets[model_type])
-        if config.task_type == "SEQ_CLS":
+        if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):  # as in HF PEFT, the new head is trained and saved
             heads = [
                 h
                 for h in SEQ_CLS_HEADS
@@ -205,7 +224,13 @@ class PeftModel(nn.Module):
             ]
             wanted = list(config.modules_to_save or [])
             changes["modules_to_save"] = wanted + [h for h in heads if h not in wanted]
-        return config.replace(**changes) if changes else config
+        config = config.replace(**changes) if changes else config
+        prepare = method.model_methods.get("_prepare_config")
+        if prepare is not None:  # e.g. prompt learning fills in sizes read from the model's config
+            from peftkit._registry import resolve
+
+            config = resolve(prepare)(self, config)
+        return config
 
     def _cast_adapter(self, adapter_name: str) -> None:
         """Adapter weights follow the base dtype, except that fp16/bf16 bases get fp32 adapters when autocasting."""
@@ -274,7 +299,11 @@ class PeftModel(nn.Module):
         for attr in {a for n in names for a in self.method_for(n).model_level}:
             holder = getattr(self.base_model, attr, None)
             for n in names:
-                if holder is not None and n in holder and holder[n].is_floating_point():
+                if holder is None or n not in holder:
+                    continue
+                if isinstance(holder[n], nn.Module):  # a model-level module (a prompt encoder)
+                    holder[n].requires_grad_(requires_grad)
+                elif holder[n].is_floating_point():
                     holder[n].requires_grad_(requires_grad and getattr(holder, "trainable", True))
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -299,9 +328,11 @@ class PeftModel(nn.Module):
         modules = list(self._adapter_modules())
         for module in modules:
             module.disable_adapters = True
+        self._adapters_disabled = True  # also skips the method's _forward/_generate hooks
         try:
             yield
         finally:
+            self._adapters_disabled = False
             for module in modules:
                 module.disable_adapters = False
 
