@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftkit._config import CONFIG_NAME, ConfigError, read_config_dict
-from peftkit._registry import DuplicateMethodError, Registry, UnknownMethodError
+from peftkit._registry import Backend, DuplicateMethodError, Method, Registry, UnknownMethodError
 
 # The same names as peftkit._io, which imports torch.
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -134,6 +134,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="the checkpoint to read")
     p.add_argument("output", help="where to write the converted checkpoint")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("new-plugin", help="write a ready method plugin package peftkit-NAME to start from")
+    p.add_argument("name", help="method name: a lower-case Python identifier, e.g. mymethod")
+    p.add_argument("--dir", default=".", help="folder to create peftkit-NAME in (default: here)")
+    p.set_defaults(run=cmd_new_plugin)
+
+    from peftkit.finetune.command import add_parser as add_finetune  # its own package; imports no torch
+
+    add_finetune(sub)
+    from peftkit.bench_cli import add_parser as add_bench  # runs bench/peftkit_bench.py of a checkout
+
+    add_bench(sub)
     return parser
 
 
@@ -163,6 +175,7 @@ def describe_plugins(registry: Registry) -> dict[str, Any]:
                 "distribution": m.dist,
                 "version": m.version,
                 "layer_types": list(m.layer_types),
+                "backends": method_backends(m, registry.backends),
             }
             for m in sorted(registry.methods.values(), key=lambda m: m.name)
         ],
@@ -190,12 +203,37 @@ def describe_plugins(registry: Registry) -> dict[str, Any]:
     }
 
 
+def method_backends(method: Method, backends: Sequence[Backend]) -> list[str]:
+    """The backends whose layers ``method`` can adapt, derived from the layer types both declare.
+
+    A backend names each layer type after the layer it stands in for (bitsandbytes' ``Linear4bit``
+    and ``Linear8bitLt`` are linear layers), so a method serves a backend when one of the backend's
+    layer types starts with one of the method's. A method that adapts no layers (prompt learning
+    changes the inputs) works on every backend.
+    """
+    if not method.layer_types:
+        return [b.name for b in backends]
+    return [
+        b.name
+        for b in backends
+        if any(served.startswith(kind) for served in b.layer_types for kind in method.layer_types)
+    ]
+
+
 def _plugins_text(doc: dict[str, Any]) -> str:
     rows = [
-        (m["method"], m["peft_type"], m["distribution"], m["version"], ", ".join(m["layer_types"]))
+        (
+            m["method"],
+            m["peft_type"],
+            m["distribution"],
+            m["version"],
+            ", ".join(m["backends"]) or "-",
+            ", ".join(m["layer_types"]),
+        )
         for m in doc["methods"]
     ]
-    parts = ["Methods", _table(("method", "PEFT type", "distribution", "version", "base layers"), rows)]
+    headers = ("method", "PEFT type", "distribution", "version", "backends", "base layers")
+    parts = ["Methods", _table(headers, rows)]
     if not rows:
         parts[1] = "  none installed; install a method plugin, for example `pip install peftkit-lora`"
     rows = [
@@ -404,6 +442,19 @@ def cmd_convert(args: argparse.Namespace, registry: Registry | None) -> int:
         raise CliError("input and output are the same path; write the converted checkpoint somewhere new")
     converter(args.input, args.output)
     print(f"converted {args.input} -> {args.output} with {converter.name} ({converter.origin})")
+    return 0
+
+
+# --- new-plugin ----------------------------------------------------------------------------
+def cmd_new_plugin(args: argparse.Namespace, registry: Registry | None) -> int:
+    """``peftkit new-plugin NAME [--dir D]``: write a plugin package to start a new method from."""
+    from peftkit.scaffold import ScaffoldError, new_plugin
+
+    try:
+        root = new_plugin(args.name, args.dir)
+    except ScaffoldError as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {root}\nnext: pip install -e {root} && peftkit list-methods && pytest {root}")
     return 0
 
 
