@@ -70,8 +70,10 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     samples: dict[str, dict[str, list[float]]] = {
         name: {"create": [], "step": [], "merge": []} for name in libs
     }
-    for _ in range(args.repeats):
-        for name, (get_peft_model, cfg) in libs.items():  # interleaved: drift hits both alike
+    for repeat in range(args.repeats):
+        order = list(libs.items())
+        # Interleaved, and the library that goes first alternates: drift and one-off warm-up hit both alike.
+        for name, (get_peft_model, cfg) in order if repeat % 2 == 0 else order[::-1]:
             model_copy = copy.deepcopy(base)
             seconds, model = timed(get_peft_model, model_copy, copy.deepcopy(cfg))
             samples[name]["create"].append(seconds)
