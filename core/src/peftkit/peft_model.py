@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit import _injection, _io, _state_dict
-from peftkit._config import CONFIG_NAME, ConfigError, PeftConfig, config_from_dict, read_config_dict
+from peftkit import _injection, _state_dict
+from peftkit._config import ConfigError, PeftConfig
+from peftkit._merging import MergingMixin
 from peftkit._registry import Method
 from peftkit.layer import AdapterLayer, ModulesToSave
 
@@ -36,7 +37,7 @@ class AdaptedModel(nn.Module):
             return getattr(self._modules["model"], name)
 
 
-class PeftModel(nn.Module):
+class PeftModel(MergingMixin, nn.Module):
     """A transformers or PyTorch model with named adapters of one method.
 
     Build it with :func:`peftkit.get_peft_model` or :meth:`PeftModel.from_pretrained`. Attributes
@@ -271,23 +272,6 @@ class PeftModel(nn.Module):
             module.set_active(names)
         self.active_adapters = names
 
-    def _switch_merged(self, layers: list[AdapterLayer], names: list[str]) -> None:
-        blocked = [
-            layer
-            for layer in layers
-            if not layer.view.supports_merge and any(n in layer.adapter_configs for n in names)
-        ]
-        if blocked:
-            warnings.warn(
-                f"set_adapter on a merged model: {blocked[0].view.layer_type} cannot be merged into, "
-                "so every adapter is unmerged and runs unfused"
-            )
-            for layer in layers:
-                layer.unmerge()
-            return
-        for layer in layers:
-            layer.switch_merged(names)
-
     def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
         """Turn training on or off for these adapters, whatever is active."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
@@ -335,64 +319,6 @@ class PeftModel(nn.Module):
             self._adapters_disabled = False
             for module in modules:
                 module.disable_adapters = False
-
-    # --- merging ------------------------------------------------------------------------
-    def merge_adapter(self, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
-        """Fold adapters (default: active) into the base weights; with ``safe_merge`` NaN/inf are caught first."""
-        layers = [m for m in self._adapter_modules() if isinstance(m, AdapterLayer)]
-        if safe_merge:
-            self._check_merge_safe(layers, adapter_names)
-        for layer in layers:
-            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-
-    def _check_merge_safe(self, layers: list[AdapterLayer], adapter_names: Sequence[str] | None) -> None:
-        """Check every layer before merging any, so a bad adapter leaves the whole model untouched."""
-        from peftkit.layer import UnsafeMergeError
-
-        for layer in layers:
-            names = layer.active_adapters if adapter_names is None else adapter_names
-            weight = layer.view.read_weight().float()
-            finite_bias = True
-            for name in names:
-                if name in layer.adapter_configs and name not in layer.merged_adapters:
-                    weight = layer.merged_weight(weight, name)
-                    bias_delta = layer.delta_bias(name)  # a bias update would be merged too
-                    finite_bias = finite_bias and (
-                        bias_delta is None or bool(torch.isfinite(bias_delta).all())
-                    )
-            if not finite_bias or not torch.isfinite(weight).all():
-                raise UnsafeMergeError(
-                    f"merging {list(names)} would put NaN/inf into a {layer.view.layer_type}; nothing was merged"
-                )
-
-    def unmerge_adapter(self) -> None:
-        for module in self._adapter_modules():
-            if isinstance(module, AdapterLayer):
-                module.unmerge()
-
-    def merge_and_unload(
-        self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None
-    ) -> nn.Module:
-        """Merge adapters into the base weights and return the plain model, adapter layers removed."""
-        self.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
-        return self._unload(keep_merged=True)
-
-    def unload(self) -> nn.Module:
-        """Remove every adapter layer without merging and return the original model."""
-        return self._unload(keep_merged=False)
-
-    def _unload(self, keep_merged: bool) -> nn.Module:
-        model = self.get_base_model()
-        for path, module in list(model.named_modules()):
-            if isinstance(module, AdapterLayer):
-                if not keep_merged:
-                    module.unmerge()
-                _injection.set_submodule(model, path, module.base_layer)
-            elif isinstance(module, ModulesToSave):
-                _injection.set_submodule(
-                    model, path, module.current() if keep_merged else module.original_module
-                )
-        return model
 
     # --- parameters ---------------------------------------------------------------------
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -488,10 +414,11 @@ class PeftModel(nn.Module):
     ) -> PeftModel:
         """Wrap ``model`` and load the adapter saved in ``model_id``; on error ``model`` is left as it was."""
         from peftkit._saving import read_adapter
+        from peftkit.tasks import model_class_for
 
         loaded_config, tensors = read_adapter(model_id, config, **kwargs)
         loaded_config = loaded_config.replace(inference_mode=not is_trainable)
-        wrapper = model_class_for(loaded_config)
+        wrapper = model_class_for(loaded_config)  # a task wrapper subclass, defined in peftkit.tasks
         trainable = {param: param.requires_grad for param in model.parameters()}
         peft_model = wrapper(
             model,
@@ -543,66 +470,3 @@ class PeftModel(nn.Module):
             )
         if assign:
             self._cast_adapter(name)
-
-
-class PeftModelForCausalLM(PeftModel):
-    """Causal language models: ``forward`` and ``generate`` pass through."""
-
-
-class PeftModelForSeq2SeqLM(PeftModel):
-    """Encoder-decoder models: ``forward`` and ``generate`` pass through."""
-
-
-class PeftModelForSequenceClassification(PeftModel):
-    """Sequence classification: the ``classifier``/``score`` head is trained and saved with the adapter."""
-
-
-class PeftModelForTokenClassification(PeftModel):
-    """Token classification: ``forward`` passes through."""
-
-
-class PeftModelForQuestionAnswering(PeftModel):
-    """Extractive question answering: ``forward`` passes through."""
-
-
-class PeftModelForFeatureExtraction(PeftModel):
-    """Feature extraction (embeddings): ``forward`` passes through."""
-
-
-TASK_MODELS: dict[str | None, type[PeftModel]] = {
-    None: PeftModel,
-    "CAUSAL_LM": PeftModelForCausalLM,
-    "SEQ_2_SEQ_LM": PeftModelForSeq2SeqLM,
-    "SEQ_CLS": PeftModelForSequenceClassification,
-    "TOKEN_CLS": PeftModelForTokenClassification,
-    "QUESTION_ANS": PeftModelForQuestionAnswering,
-    "FEATURE_EXTRACTION": PeftModelForFeatureExtraction,
-}
-
-
-def model_class_for(config: PeftConfig) -> type[PeftModel]:
-    return TASK_MODELS[config.task_type]
-
-
-def get_peft_model(
-    model: nn.Module,
-    peft_config: PeftConfig,
-    adapter_name: str = "default",
-    autocast_adapter_dtype: bool = True,
-    low_cpu_mem_usage: bool = False,
-) -> PeftModel:
-    """Wrap ``model`` with a new, trainable adapter described by ``peft_config``."""
-    if isinstance(model, PeftModel):
-        raise ValueError(
-            "this model is already a PeftModel; use model.add_adapter(name, config) to add another adapter"
-        )
-    return model_class_for(peft_config)(
-        model,
-        peft_config,
-        adapter_name,
-        autocast_adapter_dtype=autocast_adapter_dtype,
-        low_cpu_mem_usage=low_cpu_mem_usage,
-    )
-
-
-__all__ = ["CONFIG_NAME", "PeftModel", "_io", "config_from_dict", "get_peft_model", "read_config_dict"]
