@@ -10,21 +10,25 @@ them is tested too.
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import peft
 import pytest
 import torch
+from _interop import (
+    assert_adapter_matters,
+    assert_same,
+    no_peftkit_warnings,
+    outputs_per_adapter,
+    perturb_trainable,
+)
 from _models import MODELS, conv_inputs, run, tiny_convnet
 from torch import nn
 
 import peftkit
 
-ATOL = 1e-5
 BASE = {"r": 4, "lora_alpha": 8, "init_lora_weights": False}
 
 # id -> (model, LoraConfig keyword arguments shared by both libraries)
@@ -96,61 +100,32 @@ def _kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**BASE, **extra}
 
 
-def _perturb_trainable(model: nn.Module, seed: int = 7) -> None:
-    """Move every trainable tensor (adapters, ``modules_to_save`` copies, biases) off its initial value."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn(param.shape, generator=gen))
-
-
-@contextmanager
-def _no_peftkit_warnings() -> Iterator[None]:
-    """Fail if peftkit itself warns (unknown config keys, ignored tensors) while the block runs."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    ours = [str(w.message) for w in caught if "peftkit" in w.filename]
-    assert not ours, ours
-
-
-def _assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
-
-
-def _assert_adapter_matters(adapted: torch.Tensor, base: torch.Tensor) -> None:
-    assert (adapted - base).abs().max() > 1e-3, (
-        "the adapter does not change the output; the test proves nothing"
-    )
-
-
 def _peft_to_peftkit(
     build: Callable[[], nn.Module], inputs: Any, kwargs: dict[str, Any], path: Path, **load_kwargs: Any
 ) -> None:
     base_out = run(build(), inputs)
     ref = peft.get_peft_model(build(), peft.LoraConfig(**kwargs))
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(path)
     expected = run(ref, inputs)
-    _assert_adapter_matters(expected, base_out)
-    with _no_peftkit_warnings():
+    assert_adapter_matters(expected, base_out)
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), path, **load_kwargs)
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
     if kwargs.get("bias", "none") == "none":  # trained base biases stay in place when adapters are off
         with ours.disable_adapter():
-            _assert_same(run(ours, inputs), base_out)
+            assert_same(run(ours, inputs), base_out)
 
 
 def _peftkit_to_peft(build: Callable[[], nn.Module], inputs: Any, kwargs: dict[str, Any], path: Path) -> None:
     base_out = run(build(), inputs)
     ours = peftkit.get_peft_model(build(), peftkit.config("lora", **kwargs))
-    _perturb_trainable(ours)
+    perturb_trainable(ours)
     ours.save_pretrained(path)
     expected = run(ours, inputs)
-    _assert_adapter_matters(expected, base_out)
+    assert_adapter_matters(expected, base_out)
     ref = peft.PeftModel.from_pretrained(build(), path)
-    _assert_same(run(ref, inputs), expected)
+    assert_same(run(ref, inputs), expected)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -177,14 +152,6 @@ def test_peftkit_adapter_loads_in_peft(case: str, tmp_path: Path) -> None:
     _peftkit_to_peft(build, make_inputs(), _kwargs(extra), tmp_path)
 
 
-def _outputs_per_adapter(model: Any, inputs: Any, names: list[str]) -> dict[str, torch.Tensor]:
-    outputs = {}
-    for name in names:
-        model.set_adapter(name)
-        outputs[name] = run(model, inputs)
-    return outputs
-
-
 @pytest.mark.parametrize("case", sorted(SECOND))
 def test_two_adapters_from_peft(case: str, tmp_path: Path) -> None:
     model, first, second = SECOND[case]
@@ -193,18 +160,18 @@ def test_two_adapters_from_peft(case: str, tmp_path: Path) -> None:
     ref = peft.get_peft_model(build(), peft.LoraConfig(**_kwargs(first)))
     ref.add_adapter("other", peft.LoraConfig(**_kwargs(second)))
     ref.set_requires_grad(["default", "other"], requires_grad=True)
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(tmp_path)
     assert (tmp_path / "other" / "adapter_config.json").is_file()
-    expected = _outputs_per_adapter(ref, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    expected = outputs_per_adapter(ref, inputs, ["default", "other"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
         ours.load_adapter(tmp_path / "other", adapter_name="other")
-    got = _outputs_per_adapter(ours, inputs, ["other", "default"])
+    got = outputs_per_adapter(ours, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
 
 
 @pytest.mark.parametrize("case", sorted(SECOND))
@@ -214,17 +181,17 @@ def test_two_adapters_from_peftkit(case: str, tmp_path: Path) -> None:
     inputs = make_inputs()
     ours = peftkit.get_peft_model(build(), peftkit.config("lora", **_kwargs(first)))
     ours.add_adapter("other", peftkit.config("lora", **_kwargs(second)))
-    _perturb_trainable(ours)
+    perturb_trainable(ours)
     ours.save_pretrained(tmp_path)
-    expected = _outputs_per_adapter(ours, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    expected = outputs_per_adapter(ours, inputs, ["default", "other"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
     assert (tmp_path / "other" / "adapter_model.safetensors").is_file()
     ref = peft.PeftModel.from_pretrained(build(), tmp_path)
     ref.load_adapter(tmp_path / "other", adapter_name="other")
-    got = _outputs_per_adapter(ref, inputs, ["other", "default"])
+    got = outputs_per_adapter(ref, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
 
 
 CONFIG_FIELDS = (
@@ -284,9 +251,9 @@ def test_peft_saved_embedding_weights_are_loaded(tmp_path: Path) -> None:
         ref.base_model.model.model.embed_tokens.base_layer.weight[-5:] += 1.0
     ref.save_pretrained(tmp_path)
     expected = run(ref, inputs)
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
 
 
 def test_bias_all_adapter_loads_beside_another_adapter(tmp_path: Path) -> None:
@@ -297,13 +264,13 @@ def test_bias_all_adapter_loads_beside_another_adapter(tmp_path: Path) -> None:
     ref = peft.get_peft_model(
         build(), peft.LoraConfig(**_kwargs({"target_modules": ["q_proj"], "bias": "all"}))
     )
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(tmp_path)
     expected = run(ref, inputs)
     ours = peftkit.get_peft_model(build(), peftkit.config("lora", **_kwargs({"target_modules": ["k_proj"]})))
     ours.load_adapter(tmp_path, adapter_name="b")
     ours.set_adapter("b")
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
 
 
 def test_seq_cls_head_is_saved_automatically(tmp_path: Path) -> None:
@@ -328,7 +295,7 @@ def test_peft_saved_config_loads_without_warnings(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "adapter_config.json").read_text())
     from peftkit_lora import LoraConfig
 
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         config = LoraConfig.from_dict(data)
     assert config.target_modules == ["q_proj"]
     assert set(data) <= set(LoraConfig.field_names())

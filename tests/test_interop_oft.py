@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import peft
 import pytest
 import torch
+from _interop import (
+    assert_adapter_matters,
+    assert_same,
+    no_peftkit_warnings,
+    outputs_per_adapter,
+    perturb_trainable,
+)
 from _models import MODELS, run
 from torch import nn
 
 import peftkit
 
-ATOL = 1e-5
 BASE = {"init_weights": False}
 NEUMANN = {"use_cayley_neumann": True}
 CAYLEY = {"use_cayley_neumann": False}
@@ -115,64 +120,35 @@ def _kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**BASE, **extra}
 
 
-def _perturb_trainable(model: nn.Module, seed: int = 7) -> None:
-    """Move every trainable tensor (generators, ``modules_to_save`` copies, biases) off its initial value."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn(param.shape, generator=gen))
-
-
-@contextmanager
-def _no_peftkit_warnings() -> Iterator[None]:
-    """Fail if peftkit itself warns (unknown config keys, adjusted block sizes) while the block runs."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    ours = [str(w.message) for w in caught if "peftkit" in w.filename]
-    assert not ours, ours
-
-
-def _assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
-
-
-def _assert_adapter_matters(adapted: torch.Tensor, base: torch.Tensor) -> None:
-    assert (adapted - base).abs().max() > 1e-3, (
-        "the adapter does not change the output; the test proves nothing"
-    )
-
-
 def _peft_to_peftkit(
     build: Callable[[], nn.Module], inputs: Any, kwargs: dict[str, Any], path: Path, **load_kwargs: Any
 ) -> None:
     base_out = run(build(), inputs)
     ref = peft.get_peft_model(build(), peft.OFTConfig(**kwargs))
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(path)
     expected = run(ref, inputs)
-    _assert_adapter_matters(expected, base_out)
-    with _no_peftkit_warnings():
+    assert_adapter_matters(expected, base_out)
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), path, **load_kwargs)
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
     if kwargs.get("bias", "none") == "none":  # trained base biases stay in place when adapters are off
         with ours.disable_adapter():
-            _assert_same(run(ours, inputs), base_out)
+            assert_same(run(ours, inputs), base_out)
 
 
 def _peftkit_to_peft(build: Callable[[], nn.Module], inputs: Any, kwargs: dict[str, Any], path: Path) -> None:
     base_out = run(build(), inputs)
     ours = peftkit.get_peft_model(build(), peftkit.config("oft", **kwargs))
-    _perturb_trainable(ours)
+    perturb_trainable(ours)
     ours.save_pretrained(path)
     expected = run(ours, inputs)
-    _assert_adapter_matters(expected, base_out)
+    assert_adapter_matters(expected, base_out)
     with warnings.catch_warnings():
         # peftkit writes the PEFT format version it follows, so peft must not take this for a pre-0.18 adapter.
         warnings.filterwarnings("error", message="The cayley-neumann parameterization")
         ref = peft.PeftModel.from_pretrained(build(), path)
-    _assert_same(run(ref, inputs), expected)
+    assert_same(run(ref, inputs), expected)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -197,14 +173,6 @@ def test_peftkit_adapter_loads_in_peft(case: str, tmp_path: Path) -> None:
     _peftkit_to_peft(build, make_inputs(), _kwargs(extra), tmp_path)
 
 
-def _outputs_per_adapter(model: Any, inputs: Any, names: list[str]) -> dict[str, torch.Tensor]:
-    outputs = {}
-    for name in names:
-        model.set_adapter(name)
-        outputs[name] = run(model, inputs)
-    return outputs
-
-
 @pytest.mark.parametrize("case", sorted(SECOND))
 def test_two_adapters_from_peft(case: str, tmp_path: Path) -> None:
     model, first, second = SECOND[case]
@@ -213,17 +181,17 @@ def test_two_adapters_from_peft(case: str, tmp_path: Path) -> None:
     ref = peft.get_peft_model(build(), peft.OFTConfig(**_kwargs(first)))
     ref.add_adapter("other", peft.OFTConfig(**_kwargs(second)))
     ref.set_requires_grad(["default", "other"], requires_grad=True)
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(tmp_path)
-    expected = _outputs_per_adapter(ref, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    expected = outputs_per_adapter(ref, inputs, ["default", "other"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
         ours.load_adapter(tmp_path / "other", adapter_name="other")
-    got = _outputs_per_adapter(ours, inputs, ["other", "default"])
+    got = outputs_per_adapter(ours, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
 
 
 @pytest.mark.parametrize("case", sorted(SECOND))
@@ -233,18 +201,18 @@ def test_two_adapters_from_peftkit(case: str, tmp_path: Path) -> None:
     inputs = make_inputs()
     ours = peftkit.get_peft_model(build(), peftkit.config("oft", **_kwargs(first)))
     ours.add_adapter("other", peftkit.config("oft", **_kwargs(second)))
-    _perturb_trainable(ours)
+    perturb_trainable(ours)
     ours.save_pretrained(tmp_path)
-    expected = _outputs_per_adapter(ours, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    expected = outputs_per_adapter(ours, inputs, ["default", "other"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="The cayley-neumann parameterization")
         ref = peft.PeftModel.from_pretrained(build(), tmp_path)
         ref.load_adapter(tmp_path / "other", adapter_name="other")
-    got = _outputs_per_adapter(ref, inputs, ["other", "default"])
+    got = outputs_per_adapter(ref, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
 
 
 def _saved(folder: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
@@ -298,7 +266,7 @@ def test_peft_merged_model_matches_peftkit(tmp_path: Path) -> None:
     inputs = make_inputs()
     kwargs = _kwargs({"target_modules": ["q_proj", "up_proj"], "oft_block_size": 8})
     ref = peft.get_peft_model(build(), peft.OFTConfig(**kwargs))
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(tmp_path)
     ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
     merged_ref = ref.merge_and_unload()
@@ -307,7 +275,7 @@ def test_peft_merged_model_matches_peftkit(tmp_path: Path) -> None:
         merged_ref.named_parameters(), merged_ours.named_parameters(), strict=True
     ):
         torch.testing.assert_close(our_param, ref_param, atol=1e-6, rtol=0, msg=name)
-    _assert_same(run(merged_ours, inputs), run(merged_ref, inputs))
+    assert_same(run(merged_ours, inputs), run(merged_ref, inputs))
 
 
 class _ConvNet(nn.Module):
@@ -335,18 +303,18 @@ def test_peft_conv2d_adapter_matches_peft_merged(mode: dict[str, Any], tmp_path:
     inputs = torch.randn(2, 4, 7, 7, generator=torch.Generator().manual_seed(1))
     kwargs = _kwargs({"target_modules": ["conv"], "oft_block_size": 9, **mode})
     ref = peft.get_peft_model(_conv_net(), peft.OFTConfig(**kwargs))
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(tmp_path)
     peft_unmerged = run(ref, inputs)
     peft_merged = run(ref.merge_and_unload(), inputs)
     assert (peft_unmerged - peft_merged).abs().max() > 1e-3, (
         "peft's Conv2d forward is fixed; update this test"
     )
-    _assert_adapter_matters(peft_merged, run(_conv_net(), inputs))
+    assert_adapter_matters(peft_merged, run(_conv_net(), inputs))
 
     ours = peftkit.PeftModel.from_pretrained(_conv_net(), tmp_path)
-    _assert_same(run(ours, inputs), peft_merged)
-    _assert_same(run(ours.merge_and_unload(), inputs), peft_merged)
+    assert_same(run(ours, inputs), peft_merged)
+    assert_same(run(ours.merge_and_unload(), inputs), peft_merged)
 
 
 def test_old_peft_oft_config_is_refused(tmp_path: Path) -> None:

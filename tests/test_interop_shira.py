@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import peft
 import pytest
 import torch
+from _interop import assert_adapter_matters, assert_same, no_peftkit_warnings
 from _models import MODELS, run
 
 import peftkit
 
-ATOL = 1e-5
 BASE = {"r": 2, "init_weights": False}
 
 # id -> (model, ShiraConfig keyword arguments shared by both libraries)
@@ -54,26 +52,6 @@ def _kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**BASE, **extra}
 
 
-@contextmanager
-def _no_peftkit_warnings() -> Iterator[None]:
-    """Fail if peftkit itself warns (unknown config keys, ignored tensors) while the block runs."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    ours = [str(w.message) for w in caught if "peftkit" in w.filename]
-    assert not ours, ours
-
-
-def _assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
-
-
-def _assert_adapter_matters(adapted: torch.Tensor, base: torch.Tensor) -> None:
-    assert (adapted - base).abs().max() > 1e-3, (
-        "the adapter does not change the output; the test proves nothing"
-    )
-
-
 def _perturb_head_copies(model: Any) -> None:
     """Move trained full copies (modules_to_save) off their initial value so that loading them is tested."""
     gen = torch.Generator().manual_seed(3)
@@ -93,14 +71,14 @@ def test_peft_adapter_loads_in_peftkit(case: str, tmp_path: Path) -> None:
     _perturb_head_copies(ref)
     ref.save_pretrained(tmp_path)
     expected = run(ref, inputs)
-    _assert_adapter_matters(expected, base_out)
-    with _no_peftkit_warnings():
+    assert_adapter_matters(expected, base_out)
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
     with ours.disable_adapter():
-        _assert_same(run(ours, inputs), base_out)
+        assert_same(run(ours, inputs), base_out)
     ours.merge_adapter()  # merged in place: the same logits
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -113,13 +91,13 @@ def test_peftkit_adapter_loads_in_peft(case: str, tmp_path: Path) -> None:
     _perturb_head_copies(ours)
     ours.save_pretrained(tmp_path)
     expected = run(ours, inputs)
-    _assert_adapter_matters(expected, base_out)
+    assert_adapter_matters(expected, base_out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ref = peft.PeftModel.from_pretrained(build(), tmp_path)
     unexpected = [str(w.message) for w in caught if "Unexpected keyword" in str(w.message)]
     assert not unexpected, unexpected
-    _assert_same(run(ref, inputs), expected)
+    assert_same(run(ref, inputs), expected)
 
 
 def _per_adapter(model: Any, inputs: Any, names: list[str]) -> dict[str, torch.Tensor]:
@@ -139,19 +117,19 @@ def test_two_adapters_from_peft(case: str, tmp_path: Path) -> None:
     ref.add_adapter("other", peft.ShiraConfig(**_kwargs(second)))
     ref.save_pretrained(tmp_path)
     expected = _per_adapter(ref, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
         ours.load_adapter(tmp_path / "other", adapter_name="other")
     got = _per_adapter(ours, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
     # Fused switching between the loaded adapters gives the same logits.
     ours.merge_adapter()
     for name in ("other", "default", "other"):
         ours.set_adapter(name)
-        _assert_same(run(ours, inputs), expected[name])
+        assert_same(run(ours, inputs), expected[name])
 
 
 @pytest.mark.parametrize("case", sorted(SECOND))
@@ -163,13 +141,13 @@ def test_two_adapters_from_peftkit(case: str, tmp_path: Path) -> None:
     ours.add_adapter("other", peftkit.config("shira", **_kwargs(second)))
     ours.save_pretrained(tmp_path)
     expected = _per_adapter(ours, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
     ref = peft.PeftModel.from_pretrained(build(), tmp_path)
     ref.load_adapter(tmp_path / "other", adapter_name="other")
     got = _per_adapter(ref, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
 
 
 def test_peft_adapter_with_a_custom_mask_loads_in_peftkit(tmp_path: Path) -> None:
@@ -188,10 +166,10 @@ def test_peft_adapter_with_a_custom_mask_loads_in_peftkit(tmp_path: Path) -> Non
     ref = peft.get_peft_model(build(), config)
     ref.save_pretrained(tmp_path)
     expected = run(ref, inputs)
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
     assert ours.peft_config["default"].mask_type == "band"
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
 
 
 def _saved(folder: Path) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], dict[str, Any]]:

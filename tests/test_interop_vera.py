@@ -11,19 +11,24 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import peft
 import pytest
 import torch
+from _interop import (
+    assert_adapter_matters,
+    assert_same,
+    no_peftkit_warnings,
+    outputs_per_adapter,
+    perturb_trainable,
+)
 from _models import MODELS, run
 from torch import nn
 
 import peftkit
 
-ATOL = 1e-5
 BASE = {"r": 8, "init_weights": False}
 NO_PROJECTION = {"save_projection": False}
 
@@ -85,34 +90,6 @@ def _kwargs(extra: dict[str, Any]) -> dict[str, Any]:
     return {**BASE, **extra}
 
 
-def _perturb_trainable(model: nn.Module, seed: int = 7) -> None:
-    """Move every trainable tensor (scaling vectors, module copies, biases) off its initial value."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn(param.shape, generator=gen))
-
-
-@contextmanager
-def _no_peftkit_warnings() -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    ours = [str(w.message) for w in caught if "peftkit" in w.filename]
-    assert not ours, ours
-
-
-def _assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
-
-
-def _assert_adapter_matters(adapted: torch.Tensor, base: torch.Tensor) -> None:
-    assert (adapted - base).abs().max() > 1e-3, (
-        "the adapter does not change the output; the test proves nothing"
-    )
-
-
 def _has_projections(folder: Path) -> bool:
     from safetensors.torch import load_file
 
@@ -120,30 +97,22 @@ def _has_projections(folder: Path) -> bool:
     return {"base_model.vera_A", "base_model.vera_B"} <= keys
 
 
-def _outputs_per_adapter(model: Any, inputs: Any, names: list[str]) -> dict[str, torch.Tensor]:
-    outputs = {}
-    for name in names:
-        model.set_adapter(name)
-        outputs[name] = run(model, inputs)
-    return outputs
-
-
 def _peft_to_peftkit(
     build: Callable[[], nn.Module], inputs: Any, kwargs: dict[str, Any], path: Path, **load_kwargs: Any
 ) -> None:
     base_out = run(build(), inputs)
     ref = peft.get_peft_model(build(), peft.VeraConfig(**kwargs))
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(path)
     assert _has_projections(path) is kwargs.get("save_projection", True)
     expected = run(ref, inputs)
-    _assert_adapter_matters(expected, base_out)
-    with _no_peftkit_warnings():
+    assert_adapter_matters(expected, base_out)
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), path, **load_kwargs)
-    _assert_same(run(ours, inputs), expected)
+    assert_same(run(ours, inputs), expected)
     if kwargs.get("bias", "none") == "none":
         with ours.disable_adapter():
-            _assert_same(run(ours, inputs), base_out)
+            assert_same(run(ours, inputs), base_out)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -168,13 +137,13 @@ def test_peftkit_adapter_loads_in_peft(case: str, tmp_path: Path) -> None:
     kwargs = _kwargs(extra)
     base_out = run(build(), inputs)
     ours = peftkit.get_peft_model(build(), peftkit.config("vera", **kwargs))
-    _perturb_trainable(ours)
+    perturb_trainable(ours)
     ours.save_pretrained(tmp_path)
     assert _has_projections(tmp_path) is kwargs.get("save_projection", True)
     expected = run(ours, inputs)
-    _assert_adapter_matters(expected, base_out)
+    assert_adapter_matters(expected, base_out)
     ref = peft.PeftModel.from_pretrained(build(), tmp_path)
-    _assert_same(run(ref, inputs), expected)
+    assert_same(run(ref, inputs), expected)
 
 
 @pytest.mark.parametrize("case", sorted(SECOND))
@@ -185,18 +154,18 @@ def test_two_adapters_from_peft(case: str, tmp_path: Path) -> None:
     ref = peft.get_peft_model(build(), peft.VeraConfig(**_kwargs(first)))
     ref.add_adapter("other", peft.VeraConfig(**_kwargs(second)))
     ref.set_requires_grad(["default", "other"], requires_grad=True)
-    _perturb_trainable(ref)
+    perturb_trainable(ref)
     ref.save_pretrained(tmp_path)
-    expected = _outputs_per_adapter(ref, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    expected = outputs_per_adapter(ref, inputs, ["default", "other"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
         ours.load_adapter(tmp_path / "other", adapter_name="other")
     assert ours.base_model.vera_A["other"] is ours.base_model.vera_A["default"]
-    got = _outputs_per_adapter(ours, inputs, ["other", "default"])
+    got = outputs_per_adapter(ours, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
 
 
 @pytest.mark.parametrize("case", sorted(SECOND))
@@ -206,16 +175,16 @@ def test_two_adapters_from_peftkit(case: str, tmp_path: Path) -> None:
     inputs = make_inputs()
     ours = peftkit.get_peft_model(build(), peftkit.config("vera", **_kwargs(first)))
     ours.add_adapter("other", peftkit.config("vera", **_kwargs(second)))
-    _perturb_trainable(ours)
+    perturb_trainable(ours)
     ours.save_pretrained(tmp_path)
-    expected = _outputs_per_adapter(ours, inputs, ["default", "other"])
-    _assert_adapter_matters(expected["other"], expected["default"])
+    expected = outputs_per_adapter(ours, inputs, ["default", "other"])
+    assert_adapter_matters(expected["other"], expected["default"])
 
     ref = peft.PeftModel.from_pretrained(build(), tmp_path)
     ref.load_adapter(tmp_path / "other", adapter_name="other")
-    got = _outputs_per_adapter(ref, inputs, ["other", "default"])
+    got = outputs_per_adapter(ref, inputs, ["other", "default"])
     for name in ("default", "other"):
-        _assert_same(got[name], expected[name])
+        assert_same(got[name], expected[name])
 
 
 def _saved(folder: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
@@ -247,7 +216,7 @@ def test_same_projections_parameters_and_files_as_peft(case: str, tmp_path: Path
     assert set(peft_config) <= set(our_config)
     for name in ("r", "projection_prng_key", "save_projection", "d_initial", "bias", "vera_dropout"):
         assert our_config[name] == peft_config[name], name
-    with _no_peftkit_warnings():
+    with no_peftkit_warnings():
         peftkit.PeftModel.from_pretrained(build(), tmp_path / "peft")  # every peft field is known
 
 
