@@ -1,23 +1,36 @@
 """peftkit against Hugging Face ``peft``: every installed method, side by side in one run.
 
-What is measured, per (library, method), each in a fresh subprocess (``--repeats`` of them; within
-a repeat the libraries take turns, the first one alternating, so machine load hits both alike):
+Everything runs in fresh subprocesses, ``--repeats`` rounds of them, the libraries taking turns
+(the first one alternating between rounds) so that load from elsewhere hits both alike:
 
 * ``create_s``: ``get_peft_model`` on a copy of the base model (one untimed creation first pays
-  imports and plugin discovery); median of ``--inner``.
-* ``step_s``: forward + backward + AdamW step on a fixed batch of token ids; median of ``--steps``
-  after one warm-up step.
+  imports and plugin discovery); median of ``--inner``. One subprocess per (library, method),
+  which also measures the memory, save, load and merge figures below.
+* ``step_s``: forward + backward + AdamW step on a fixed batch of token ids. Timed in one
+  subprocess per method that holds the floor and both libraries' models and steps them in
+  rotating turns (``--steps`` turns after a warm-up step each): a burst of load lands on all of
+  them instead of on whichever happened to run then. The median over every timed step.
 * ``peak_mib``: peak memory of training: the process's resident-set high-water mark (Linux
   ``VmHWM``, reset through ``/proc/self/clear_refs`` just before the first step) minus the resident
-  set just before it, over the warm-up and timed steps: activations, gradients, AdamW state and
+  set just before it, over three training steps: activations, gradients, AdamW state and
   allocator slack, i.e. what the OS had to give. Elsewhere: the growth of ``ru_maxrss``.
+* ``tensor_mib``: peak memory of one more training step counted in tensors instead: the most bytes
+  of tensor storage alive at once during the step beyond those alive when it began. Unlike the
+  resident set it does not depend on the allocator's history, so it is the figure to compare
+  libraries by; it is taken in an untimed step (tracking every allocation slows it down).
 * ``save_s`` / ``load_s`` / ``merge_s``: ``save_pretrained`` of the trained adapter,
   ``PeftModel.from_pretrained`` onto a fresh copy of the base, and ``merge_and_unload`` of that
   loaded model; medians of ``--inner`` after one untimed round. ``file_bytes``: the safetensors file.
 * ``trainable``: trainable parameters after creation.
 
+Children run with fixed glibc malloc thresholds (``GLIBC_TUNABLES``, unless already set): with the
+default, adaptive ones, whether a step's large activations are served from reused heap or from
+fresh, page-faulting mappings depends on what the process happened to free earlier, which made the
+same step up to 5x slower in elementwise kernels in one process than in another.
+
 The floor is the same training step with no adapter: base frozen, the input embeddings' output
-made to require grad so that backward runs through every layer (no weight gradient, no optimizer).
+made to require grad so that backward runs through every layer (no weight gradient, no optimizer);
+``step/floor`` divides each library's step by the floor timed in the same subprocesses.
 
 Run from the repository root (``peftkit bench`` runs this file)::
 
@@ -43,10 +56,23 @@ from typing import Any
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LIBRARIES = ("peftkit", "peft")
 FLOOR = "floor"
+STEPS = "steps"  # the child that times every library's training step of one method, taking turns
+MEMORY_STEPS = 3  # training steps over which the resident-set peak is taken
 TIMES = ("create_s", "step_s", "merge_s", "save_s", "load_s")
-METRICS = (*TIMES, "peak_mib", "file_bytes", "trainable")
-# Ratio targets (peftkit / peft) from issue 11; SHiRA's training step has a tighter one.
-TARGETS_RATIO = {"create_s": 0.5, "step_s": 1.0, "peak_mib": 1.0, "merge_s": 1.0, "load_s": 1.0}
+MEMORY = ("peak_mib", "tensor_mib")
+METRICS = (*TIMES, *MEMORY, "file_bytes", "trainable")
+# Ratio targets (peftkit / peft) from issue 11; SHiRA's training step has a tighter one. The memory
+# target applies to both memory figures.
+TARGETS_RATIO = {
+    "create_s": 0.5,
+    "step_s": 1.0,
+    "peak_mib": 1.0,
+    "tensor_mib": 1.0,
+    "merge_s": 1.0,
+    "load_s": 1.0,
+}
+# Fixed malloc thresholds for every child (see the module docstring): 32 MiB / 128 MiB.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728"
 TARGET_OVERRIDES = {("shira", "step_s"): 0.8}
 
 # Per-method options at comparable trainable parameters on all seven projections (LoRA r=16 is
@@ -219,6 +245,48 @@ class PeakMemory:
         self.mib = max(0, end - (self.start_kib or 0)) / 1024
 
 
+def peak_tensor_mib(fn: Callable[[], Any]) -> float:
+    """Most MiB of tensor storage alive at once while ``fn`` runs, beyond what was alive when it began.
+
+    Every storage an operator returns is counted until it is freed (a finalizer per storage);
+    storages that existed before, such as parameters updated in place, are not counted again.
+    """
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class LiveStorage(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: dict[int, int] = {}
+            self.current = self.peak = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                    self._track(t.untyped_storage())
+            return out
+
+        def _track(self, storage: Any) -> None:
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or key in self.live:
+                return
+            self.live[key] = size
+            self.current += size
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._free, key)
+
+        def _free(self, key: int) -> None:
+            self.current -= self.live.pop(key, 0)
+
+    with LiveStorage() as mode:
+        fn()
+    return mode.peak / 2**20
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
@@ -240,29 +308,56 @@ def _trainer(model: Any) -> Callable[[Any], None]:
     return step
 
 
-def _train(model: Any, ids: Any, steps: int) -> tuple[list[float], float]:
+def _frozen_floor(base: Any) -> Any:
+    """``base`` made the floor: frozen, with the input embeddings' output requiring grad so that
+    backward still runs through every layer."""
+    base.requires_grad_(False)
+    base.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+    return base
+
+
+def _ids(s: dict[str, Any], vocab: int) -> Any:
+    import torch
+
+    return torch.randint(0, vocab, (s["batch"], s["seq"]), generator=torch.Generator().manual_seed(1))
+
+
+def _memory(model: Any, ids: Any) -> dict[str, float]:
+    """The two peak-memory figures of training ``model`` (``peak_mib``, ``tensor_mib``)."""
     model.train()
     step = _trainer(model)
-    times = []
     with PeakMemory() as peak:
-        step(ids)  # warm-up: allocates gradients and optimizer state, part of the peak
-        for _ in range(steps):
-            times.append(_timed(lambda: step(ids))[0])
-    return times, peak.mib
+        for _ in range(MEMORY_STEPS):  # the first allocates gradients and optimizer state
+            step(ids)
+    return {"peak_mib": peak.mib, "tensor_mib": peak_tensor_mib(lambda: step(ids))}
 
 
 def run_floor(s: dict[str, Any]) -> dict[str, Any]:
-    """The training step with no adapter: the frozen base, backward through every layer."""
-    import torch
-
+    """Peak memory of the training step with no adapter."""
     base = build_base(s)
-    ids = torch.randint(
-        0, base.config.vocab_size, (s["batch"], s["seq"]), generator=torch.Generator().manual_seed(1)
-    )
-    base.requires_grad_(False)
-    base.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
-    times, peak = _train(base, ids, s["steps"])
-    return {"step_s": statistics.median(times), "peak_mib": peak}
+    return _memory(_frozen_floor(base), _ids(s, base.config.vocab_size))
+
+
+def run_steps(method: str, s: dict[str, Any]) -> dict[str, list[float]]:
+    """Training-step times of the floor and each library's ``method`` model, taking turns step by step.
+
+    All contestants live in this one process and step in rotating order, so a burst of load from
+    elsewhere on the machine hits them alike; returns every timed step per contestant.
+    """
+    pristine = build_base(s)
+    ids = _ids(s, pristine.config.vocab_size)
+    steppers = {FLOOR: _trainer(_frozen_floor(copy.deepcopy(pristine)).train())}
+    for library in s["libraries"]:
+        lib = Library(library, method, method_options(method, s["method_options"]))
+        steppers[library] = _trainer(lib.create(copy.deepcopy(pristine)).train())
+    names = list(steppers)
+    for name in names:
+        steppers[name](ids)  # warm-up: gradients and optimizer state
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for turn in range(s["steps"]):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            times[name].append(_timed(lambda n=name: steppers[n](ids))[0])
+    return times
 
 
 def run_child(label: str, s: dict[str, Any]) -> dict[str, Any]:
@@ -276,12 +371,12 @@ def run_child(label: str, s: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(s["threads"])
     if label == FLOOR:
         return run_floor(s)
+    if label.startswith(STEPS):
+        return run_steps(label.split(":")[1], s)
     library, method = label.split(":")
     lib = Library(library, method, method_options(method, s["method_options"]))
     pristine = build_base(s)
-    ids = torch.randint(
-        0, pristine.config.vocab_size, (s["batch"], s["seq"]), generator=torch.Generator().manual_seed(1)
-    )
+    ids = _ids(s, pristine.config.vocab_size)
     fresh = lambda: copy.deepcopy(pristine)  # noqa: E731 - the copy is never timed
 
     lib.create(fresh())  # imports and discovery, untimed
@@ -291,10 +386,11 @@ def run_child(label: str, s: dict[str, Any]) -> dict[str, Any]:
         seconds, model = _timed(lambda b=base: lib.create(b))
         creates.append(seconds)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps, peak = _train(model, ids, s["steps"])
-
-    out: dict[str, Any] = {"create_s": statistics.median(creates), "step_s": statistics.median(steps)}
-    out.update(peak_mib=peak, trainable=trainable)
+    out: dict[str, Any] = {
+        "create_s": statistics.median(creates),
+        **_memory(model, ids),
+        "trainable": trainable,
+    }
     with tempfile.TemporaryDirectory(prefix="peftkit-bench-") as tmp:
         saves = []
         for i in range(s["inner"] + 1):
@@ -324,7 +420,12 @@ def run_child(label: str, s: dict[str, Any]) -> dict[str, Any]:
 # --- the driver -------------------------------------------------------------------------------
 def _child(label: str, settings: dict[str, Any]) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", label, "--settings", json.dumps(settings)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        "GLIBC_TUNABLES": MALLOC_TUNABLES,
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{label}: benchmark subprocess failed:\n{done.stderr[-4000:]}")
@@ -364,16 +465,20 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     methods = _methods(args)
     peft_version = None if args.no_peft else peft_available()
     libraries = list(LIBRARIES) if peft_version else ["peftkit"]
+    settings["libraries"] = libraries
     runs: dict[str, list[dict[str, Any]]] = {}
     loads = [os.getloadavg()[0]]
     started = time.time()
     for repeat in range(settings["repeats"]):
         order = libraries if repeat % 2 == 0 else libraries[::-1]
-        labels = [FLOOR] + [f"{lib}:{m}" for m in methods for lib in order if _served(lib, m)]
+        labels = [FLOOR]
+        for m in methods:
+            labels += [f"{STEPS}:{m}"] + [f"{lib}:{m}" for lib in order if _served(lib, m)]
         for label in labels:
             log(f"repeat {repeat + 1}/{settings['repeats']}: {label} (load {os.getloadavg()[0]:.1f})")
             runs.setdefault(label, []).append(_child(label, settings))
             loads.append(os.getloadavg()[0])
+    floor_steps = [t for m in methods for run in runs[f"{STEPS}:{m}"] for t in run[FLOOR]]
     return {
         "settings": {
             **settings,
@@ -381,7 +486,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
             "options": {m: method_options(m, settings["method_options"]) for m in methods},
         },
         "environment": _environment(peft_version, loads, time.time() - started),
-        "floor": _medians(runs[FLOOR]),
+        "floor": {**_medians(runs[FLOOR]), "step_s": statistics.median(floor_steps)},
         "results": [_result(m, runs) for m in methods],
     }
 
@@ -393,15 +498,24 @@ def _served(library: str, method: str) -> bool:
 def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [k for k in runs[0] if k in METRICS]
     return {k: statistics.median(r[k] for r in runs) for k in keys} | {
-        f"{k}_all": [r[k] for r in runs] for k in keys if k in (*TIMES, "peak_mib")
+        f"{k}_all": [r[k] for r in runs] for k in keys if k in (*TIMES, *MEMORY)
+    }
+
+
+def _step_times(runs: list[dict[str, list[float]]], name: str) -> dict[str, Any]:
+    """The median over every timed step of ``name`` in all repeats, and each repeat's own median."""
+    return {
+        "step_s": statistics.median(t for run in runs for t in run[name]),
+        "step_s_all": [statistics.median(run[name]) for run in runs],
     }
 
 
 def _result(method: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": method}
+    steps = runs[f"{STEPS}:{method}"]
+    row: dict[str, Any] = {"method": method, "floor_step_s": _step_times(steps, FLOOR)["step_s"]}
     for lib in LIBRARIES:
         label = f"{lib}:{method}"
-        row[lib] = _medians(runs[label]) if label in runs else None
+        row[lib] = {**_medians(runs[label]), **_step_times(steps, lib)} if label in runs else None
     if row["peft"] is not None:
         row["ratio"] = {k: (row["peftkit"][k] / row["peft"][k] if row["peft"][k] else None) for k in METRICS}
         row["target"] = {k: TARGET_OVERRIDES.get((method, k), limit) for k, limit in TARGETS_RATIO.items()}
@@ -440,7 +554,7 @@ def _fmt(metric: str, value: Any) -> str:
         return "-"
     if metric.endswith("_s"):
         return f"{value * 1e3:.1f}"
-    if metric == "peak_mib":
+    if metric in MEMORY:
         return f"{value:.0f}"
     if metric == "file_bytes":
         return f"{value / 2**20:.2f}"
@@ -451,13 +565,24 @@ UNITS = {
     "create_s": "create ms",
     "step_s": "step ms",
     "peak_mib": "peak MiB",
+    "tensor_mib": "tensors MiB",
     "merge_s": "merge ms",
     "save_s": "save ms",
     "load_s": "load ms",
     "file_bytes": "file MiB",
     "trainable": "trainable",
 }
-ORDER = ("create_s", "step_s", "peak_mib", "merge_s", "save_s", "load_s", "file_bytes", "trainable")
+ORDER = (
+    "create_s",
+    "step_s",
+    "peak_mib",
+    "tensor_mib",
+    "merge_s",
+    "save_s",
+    "load_s",
+    "file_bytes",
+    "trainable",
+)
 
 
 def text_report(doc: dict[str, Any]) -> str:
@@ -481,7 +606,7 @@ def text_report(doc: dict[str, Any]) -> str:
     for r in doc["results"]:
         for lib in LIBRARIES:
             if r[lib] is not None:
-                step_over = r[lib]["step_s"] / floor["step_s"]
+                step_over = r[lib]["step_s"] / r["floor_step_s"]
                 rows.append([r["method"], lib, *(_fmt(m, r[lib].get(m)) for m in ORDER), f"{step_over:.2f}"])
         if r["ratio"] is not None:
             cells = []
@@ -497,7 +622,8 @@ def text_report(doc: dict[str, Any]) -> str:
             "",
             _fmt("step_s", floor["step_s"]),
             _fmt("peak_mib", floor["peak_mib"]),
-            *[""] * (len(ORDER) - 3),
+            _fmt("tensor_mib", floor["tensor_mib"]),
+            *[""] * (len(ORDER) - 4),
             "1.00",
         ]
     )

@@ -32,20 +32,31 @@ def test_bench_json_has_every_metric_for_both_libraries(tiny_run: tuple[dict, st
     env = doc["environment"]
     assert env["peft"] and env["torch"] and env["transformers"] and env["peftkit"]
     assert env["load_average"]["min"] <= env["load_average"]["max"]
-    assert doc["floor"]["step_s"] > 0 and doc["floor"]["peak_mib"] >= 0
+    assert doc["floor"]["step_s"] > 0 and doc["floor"]["peak_mib"] >= 0 and doc["floor"]["tensor_mib"] > 0
     (row,) = doc["results"]
     assert row["method"] == "lora"
-    metrics = {"create_s", "step_s", "peak_mib", "merge_s", "save_s", "load_s", "file_bytes", "trainable"}
+    metrics = {
+        "create_s",
+        "step_s",
+        "peak_mib",
+        "tensor_mib",
+        "merge_s",
+        "save_s",
+        "load_s",
+        "file_bytes",
+        "trainable",
+    }
     for library in ("peftkit", "peft"):
         figures = row[library]
         assert metrics <= set(figures)
         assert all(figures[m] > 0 for m in metrics - {"peak_mib"})
         assert len(figures["step_s_all"]) == 1  # one repeat
+    assert 0 < row["floor_step_s"]
     # Both libraries built the same adapter: same trainable parameters and the same file size.
     assert row["peftkit"]["trainable"] == row["peft"]["trainable"]
     assert row["ratio"]["trainable"] == pytest.approx(1.0)
     assert row["ratio"]["create_s"] == pytest.approx(row["peftkit"]["create_s"] / row["peft"]["create_s"])
-    assert set(row["target"]) == {"create_s", "step_s", "peak_mib", "merge_s", "load_s"}
+    assert set(row["target"]) == {"create_s", "step_s", "peak_mib", "tensor_mib", "merge_s", "load_s"}
     assert set(row["missed"]) <= set(row["target"])
 
 
@@ -73,3 +84,24 @@ def test_bench_says_where_it_looked_for_the_runner(
     assert cli.main(["bench", "--bench-dir", str(tmp_path)]) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "peftkit_bench.py" in err and str(tmp_path) in err and "checkout" in err
+
+
+def test_tensor_peak_counts_what_a_block_holds_at_once() -> None:
+    import importlib.util
+
+    import torch
+
+    from peftkit.bench_cli import find_runner
+
+    spec = importlib.util.spec_from_file_location("peftkit_bench", find_runner())
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def two_mib_then_one() -> None:
+        a = torch.ones(2**18)  # 1 MiB of float32
+        b = a + 1  # 2 MiB alive
+        del a, b
+        c = torch.zeros(2**18)  # 1 MiB again: the peak stays at 2
+        del c
+
+    assert bench.peak_tensor_mib(two_mib_then_one) == pytest.approx(2.0)

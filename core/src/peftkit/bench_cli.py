@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--inner", type=int, default=2, help="timed creations / saves / loads / merges per subprocess"
     )
     p.add_argument(
-        "--steps", type=int, default=3, help="timed training steps per subprocess (after one warm-up)"
+        "--steps", type=int, default=5, help="timed training steps per subprocess (after one warm-up)"
     )
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads in each subprocess (0: torch's default)"

@@ -116,9 +116,17 @@ class AdapterLayer(nn.Module):
         return {prefix + key: value for key, value in state.items() if name in key.split(".")}
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        for key, param in self.named_parameters():
-            if not key.startswith("base_layer.") and name in key.split("."):
+        """The parameters of adapter ``name`` on this layer (never the base layer's)."""
+        # Walks only the adapter containers: the base layer may be large or a quantized wrapper.
+        for key, param in self._parameters.items():
+            if param is not None and name in key.split("."):
                 yield param
+        for child_name, child in self._modules.items():
+            if child_name == "base_layer" or child is None:
+                continue
+            for key, param in child.named_parameters(prefix=child_name):
+                if name in key.split("."):
+                    yield param
 
     def set_requires_grad(self, names: Sequence[str], requires_grad: bool) -> None:
         for name in names:

@@ -8,6 +8,7 @@ for the layer kind: ``(out, in)`` for linear layers (GPT-2 ``Conv1D`` is transpo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,6 +68,17 @@ class BaseLayerView:
         """Add ``delta`` to the weight; dense views do it in place."""
         self.write_weight(self.read_weight().to(delta.dtype) + delta)
 
+    def update_weight(self, update: Callable[[torch.Tensor], Any], dtype: torch.dtype) -> None:
+        """Apply ``update``, an in-place operation, to the weight seen in ``dtype``.
+
+        Methods use it to merge without building a weight-sized delta (``addmm_``, a broadcast
+        ``add_``). This fallback updates a ``dtype`` copy and writes it back; dense views of that
+        dtype hand ``update`` the layer's own tensor.
+        """
+        weight = self.read_weight().to(dtype, copy=True)
+        update(weight)
+        self.write_weight(weight)
+
     def index_add_to_weight(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
         """Add ``values`` at the ``(rows, cols)`` positions of a linear ``(out, in)`` weight (sparse methods).
 
@@ -98,6 +110,13 @@ class DenseView(BaseLayerView):
     def add_to_weight(self, delta: torch.Tensor) -> None:
         target = self.module.weight.data
         target.add_((delta.T if self.fan_in_fan_out else delta).to(target.dtype))
+
+    def update_weight(self, update: Callable[[torch.Tensor], Any], dtype: torch.dtype) -> None:
+        target = self.module.weight.data
+        if target.dtype != dtype:
+            super().update_weight(update, dtype)
+            return
+        update(target.T if self.fan_in_fan_out else target)
 
     def index_add_to_weight(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
         # Touches only the given entries: O(len(values)) instead of a dense O(out * in) update.

@@ -79,6 +79,14 @@ class LoraLayer(AdapterLayer):
     def delta_weight(self, name: str) -> torch.Tensor:
         return self.kind.delta(self, name)
 
+    def add_delta_to_weight(self, name: str, alpha: float) -> None:
+        if self.view.kind != "linear":
+            super().add_delta_to_weight(name, alpha)
+            return
+        # W += alpha * scaling * B @ A as one fused matmul-accumulate: no weight-sized delta is built.
+        A, B = self.lora_A[name].weight.detach(), self.lora_B[name].weight.detach()
+        self.view.update_weight(lambda w: w.addmm_(B, A, alpha=alpha * self.scaling[name]), A.dtype)
+
     def delta_bias(self, name: str) -> torch.Tensor | None:
         if name in self.lora_B and self.lora_B[name].bias is not None:
             return self.lora_B[name].bias.detach() * self.scaling[name]
@@ -123,15 +131,24 @@ class _LinearKind:
     @staticmethod
     def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
         view = layer.view
-        layer.lora_A[name] = nn.Linear(view.in_features, r, bias=False)
-        layer.lora_B[name] = nn.Linear(r, view.out_features, bias=config.lora_bias)
+        layer.lora_A[name] = _uninitialized_linear(view.in_features, r, bias=False)
+        layer.lora_B[name] = _uninitialized_linear(r, view.out_features, bias=config.lora_bias)
         _init_ab(layer.lora_A[name].weight, layer.lora_B[name], r, config.init_lora_weights)
 
     @staticmethod
     def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
         lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
-        h = lora_B(lora_A(layer.lora_dropout[name](x.to(lora_A.weight.dtype))))
-        return result + (h * layer.scaling[name]).to(result.dtype)
+        h = lora_A(layer.lora_dropout[name](x.to(lora_A.weight.dtype)))
+        if lora_B.bias is None and h.dtype == result.dtype:
+            # result + scaling * h @ B^T in one fused kernel (no scaled copy, no separate add).
+            flat = torch.addmm(
+                result.reshape(-1, result.shape[-1]),
+                h.reshape(-1, h.shape[-1]),
+                lora_B.weight.T,
+                alpha=layer.scaling[name],
+            )
+            return flat.view(result.shape)
+        return _add_scaled(result, lora_B(h), layer.scaling[name])
 
     @staticmethod
     def delta(layer: LoraLayer, name: str) -> torch.Tensor:
@@ -185,7 +202,9 @@ class _ConvKind:
 
     @staticmethod
     def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
-        return _LinearKind.forward(layer, x, result, name)
+        lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
+        h = lora_B(lora_A(layer.lora_dropout[name](x.to(lora_A.weight.dtype))))
+        return _add_scaled(result, h, layer.scaling[name])
 
     @staticmethod
     def delta(layer: LoraLayer, name: str) -> torch.Tensor:
@@ -198,9 +217,31 @@ class _ConvKind:
         return delta * layer.scaling[name]
 
 
+def _add_scaled(result: torch.Tensor, update: torch.Tensor, scaling: float) -> torch.Tensor:
+    return result + (update * scaling).to(result.dtype)
+
+
+def _uninitialized_linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
+    """An ``nn.Linear`` whose tensors are allocated but not initialised; ``_init_ab`` fills them.
+
+    ``nn.Linear.__init__`` would draw a Kaiming init that ``_init_ab`` then overwrites: drawing
+    random numbers is most of the cost of creating a LoRA adapter, so it is done once, not twice.
+    """
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.in_features, linear.out_features = in_features, out_features
+    linear.weight = nn.Parameter(torch.empty(out_features, in_features))
+    linear.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+    return linear
+
+
 def _init_ab(a_weight: torch.Tensor, lora_B: nn.Module, r: int, init: bool | str) -> None:
     if init is False or (isinstance(init, str) and init.lower() != "gaussian"):
-        return  # random (tests), or filled from the base weight afterwards (PiSSA, OLoRA)
+        # Random (tests), or overwritten from the base weight afterwards (PiSSA, OLoRA): the layers'
+        # own default init, as if they had been built normally.
+        lora_B.reset_parameters()
+        nn.init.kaiming_uniform_(a_weight, a=math.sqrt(5))
+        return
     if init is True:
         nn.init.kaiming_uniform_(a_weight, a=math.sqrt(5))
     else:  # "gaussian"

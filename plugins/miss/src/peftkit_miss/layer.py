@@ -108,6 +108,17 @@ class MissLayer(AdapterLayer):
         reps = -(-in_features // shared.shape[0])
         return shared.T.repeat(1, reps)[:, :in_features]
 
+    @property
+    def is_additive(self) -> bool:
+        """balance and mini add a fixed update; bat's depends on the weight it is merged into."""
+        return "bat" not in self.miss_variant.values()
+
+    def add_delta_to_weight(self, name: str, alpha: float) -> None:
+        # Added to the weight in place, shard by shard: the (out, in) delta is never built.
+        block = self.miss_block[name].detach()
+        shared = self._shared_block(name, block)
+        self.view.update_weight(lambda w: _add_shared_(w, shared * alpha), block.dtype)
+
     def merged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
         return self._apply(weight, name, self.miss_block[name].detach(), inverse=False)
 
@@ -173,13 +184,19 @@ def _shard_sum(x: torch.Tensor, r: int) -> torch.Tensor:
 
 def _add_shared(weight: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
     """``weight`` with ``shared[i mod r, :]`` added to column ``i``; ``weight`` itself is not modified."""
+    return _add_shared_(weight.clone(), shared)
+
+
+def _add_shared_(weight: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Add ``shared[i mod r, :]`` to column ``i`` of ``weight``, in place; returns ``weight``."""
     r = shared.shape[0]
     n, rem = divmod(weight.shape[1], r)
-    out = weight.clone()
-    out.narrow(1, 0, n * r).unflatten(1, (n, r)).add_(shared.T.unsqueeze(1))
+    # Broadcasting from a contiguous (out, r) copy is several times faster than from the transposed view.
+    columns = shared.T.contiguous()
+    weight.narrow(1, 0, n * r).unflatten(1, (n, r)).add_(columns.unsqueeze(1))
     if rem:
-        out.narrow(1, n * r, rem).add_(shared.T[:, :rem])
-    return out
+        weight.narrow(1, n * r, rem).add_(columns[:, :rem])
+    return weight
 
 
 def _blocks(weight: torch.Tensor, r: int) -> torch.Tensor:

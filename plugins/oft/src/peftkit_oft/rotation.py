@@ -14,15 +14,24 @@ Features are rotated from the right, ``x -> x R`` per block of ``b`` features.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
 
+@functools.lru_cache(maxsize=64)
+def _upper_indices(block_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per size and device: backward keeps them, so a fresh pair per layer and step would
+    # add to every step's memory as well as its time.
+    rows, cols = torch.triu_indices(block_size, block_size, 1, device=device)
+    return rows, cols
+
+
 def skew(upper: torch.Tensor, block_size: int) -> torch.Tensor:
     """``(n, b(b-1)/2)`` strict upper triangles -> ``(n, b, b)`` skew-symmetric matrices."""
-    rows, cols = torch.triu_indices(block_size, block_size, 1, device=upper.device)
+    rows, cols = _upper_indices(block_size, upper.device)
     full = upper.new_zeros(upper.shape[0], block_size, block_size)
     full[:, rows, cols] = upper
     return full - full.transpose(1, 2)
@@ -36,17 +45,19 @@ def cayley(q: torch.Tensor) -> torch.Tensor:
 
 def cayley_neumann(q: torch.Tensor, terms: int) -> torch.Tensor:
     """Hugging Face PEFT's truncated Neumann series for the Cayley transform (see the module docstring)."""
-    out = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q).clone()
+    # Accumulated in place into one buffer: the sum needs nothing saved for backward (only the
+    # matrix products do), so no per-term temporaries are allocated.
+    out = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).repeat(q.shape[0], 1, 1)
     if terms < 2:
         return out
+    out.add_(q, alpha=2.0)
     if terms == 2:
-        return out + 2 * q
-    last = max(terms - 1, 3)
+        return out
     power = q
-    for _ in range(1, last):
-        out = out + 2 * power
-        power = power @ q
-    return out + power
+    for _ in range(2, max(terms - 1, 3)):
+        power = torch.bmm(power, q)
+        out.add_(power, alpha=2.0)
+    return out.add_(torch.bmm(power, q))
 
 
 def project(q: torch.Tensor, eps: float) -> torch.Tensor:

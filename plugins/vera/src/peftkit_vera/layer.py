@@ -68,12 +68,12 @@ class VeraLayer(AdapterLayer):
         self.vera_dropout[name] = (
             nn.Dropout(config.vera_dropout) if config.vera_dropout > 0 else nn.Identity()
         )
-        self.vera_lambda_b[name] = nn.Parameter(torch.ones(out))
-        self.vera_lambda_d[name] = nn.Parameter(torch.randn(r))
         if config.init_weights:
-            with torch.no_grad():
-                self.vera_lambda_b[name].zero_()
-                self.vera_lambda_d[name].fill_(config.d_initial)
+            self.vera_lambda_b[name] = nn.Parameter(torch.zeros(out))
+            self.vera_lambda_d[name] = nn.Parameter(torch.full((r,), config.d_initial))
+        else:  # random (tests): both vectors nonzero so the update is visible
+            self.vera_lambda_b[name] = nn.Parameter(torch.ones(out))
+            self.vera_lambda_d[name] = nn.Parameter(torch.randn(r))
 
     def sliced_projections(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A_s (r, in), B_s (out, r))``: this layer's views of the shared projections (no copy)."""
@@ -86,15 +86,27 @@ class VeraLayer(AdapterLayer):
         lambda_b, lambda_d = self.vera_lambda_b[name], self.vera_lambda_d[name]
         A, B = (p.to(device=lambda_d.device, dtype=lambda_d.dtype) for p in self.sliced_projections(name))
         h = self.vera_dropout[name](x.to(lambda_d.dtype))
-        update = lambda_b * F.linear(lambda_d * F.linear(h, A), B)
-        return result + update.to(result.dtype)
+        projected = F.linear(lambda_d * F.linear(h, A), B)
+        if projected.dtype == result.dtype:
+            return torch.addcmul(result, lambda_b, projected)  # result + lambda_b * projected, one kernel
+        return result + (lambda_b * projected).to(result.dtype)
 
     def delta_weight(self, name: str) -> torch.Tensor:
+        left, right = self._delta_factors(name)
+        return left @ right
+
+    def add_delta_to_weight(self, name: str, alpha: float) -> None:
+        # One fused matmul-accumulate into the weight instead of a weight-sized delta and an add.
+        left, right = self._delta_factors(name)
+        self.view.update_weight(lambda w: w.addmm_(left, right, alpha=alpha), left.dtype)
+
+    def _delta_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(diag(lambda_b) B_s, diag(lambda_d) A_s)``, whose product is the update, in float32."""
         # float32 whatever the adapter dtype: low-precision matmuls on CPU are slow and lossy.
         A, B = (p.float() for p in self.sliced_projections(name))
-        lambda_b = self.vera_lambda_b[name].float().to(A.device)
-        lambda_d = self.vera_lambda_d[name].float().to(A.device)
-        return (lambda_b.unsqueeze(-1) * B) @ (lambda_d.unsqueeze(-1) * A)
+        lambda_b = self.vera_lambda_b[name].detach().float().to(A.device)
+        lambda_d = self.vera_lambda_d[name].detach().float().to(A.device)
+        return lambda_b.unsqueeze(-1) * B, lambda_d.unsqueeze(-1) * A
 
 
 def _check_fits(
