@@ -136,6 +136,27 @@ def remove_adapter_layers(model: nn.Module, name: str) -> None:
                 set_submodule(model, path, original)
 
 
+def adapter_modules(model: nn.Module) -> Iterator[AdapterLayer | ModulesToSave]:
+    """Every adapter layer and modules-to-save wrapper in ``model``, in ``modules()`` order, each once.
+
+    Does not descend into adapter layers (their children are the base layer and adapter
+    containers), so it visits a fraction of what ``modules()`` does: it runs on every
+    ``get_peft_model``, ``set_adapter`` and merge.
+    """
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        if isinstance(module, (AdapterLayer, ModulesToSave)):
+            yield module
+            if isinstance(module, AdapterLayer):
+                continue
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+
+
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
     for path, module in model.named_modules():
         if isinstance(module, AdapterLayer):

@@ -42,10 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=int, default=64, help="tokens per sequence")
     p.add_argument("--repeats", type=int, default=3, help="fresh subprocesses per (library, method)")
     p.add_argument(
-        "--inner", type=int, default=2, help="timed creations / saves / loads / merges per subprocess"
+        "--inner", type=int, default=5, help="timed creations / saves / loads / merges per subprocess"
     )
     p.add_argument(
-        "--steps", type=int, default=5, help="timed training steps per subprocess (after one warm-up)"
+        "--steps", type=int, default=12, help="timed training steps per subprocess (after one warm-up)"
     )
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads in each subprocess (0: torch's default)"

@@ -160,9 +160,7 @@ class PeftModel(MergingMixin, nn.Module):
             yield
 
     def _adapter_modules(self) -> Iterator[AdapterLayer | ModulesToSave]:
-        for module in self.get_base_model().modules():
-            if isinstance(module, (AdapterLayer, ModulesToSave)):
-                yield module
+        return _injection.adapter_modules(self.get_base_model())
 
     # --- adapters -----------------------------------------------------------------------
     def add_adapter(
@@ -265,10 +263,11 @@ class PeftModel(MergingMixin, nn.Module):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise ValueError(f"unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
-        layers = [m for m in self._adapter_modules() if isinstance(m, AdapterLayer)]
+        modules = list(self._adapter_modules())
+        layers = [m for m in modules if isinstance(m, AdapterLayer)]
         if any(layer.merged_adapters for layer in layers):
             self._switch_merged(layers, names)
-        for module in self._adapter_modules():
+        for module in modules:
             module.set_active(names)
         self.active_adapters = names
 
