@@ -69,19 +69,21 @@ class SparsePattern:
 
     def _forward(self, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         matrix = _csr(self.crow, self.col, self._row_major(values), self.shape)
-        return (matrix @ x.T).T
+        return (matrix @ x.T.contiguous()).T
 
-    def _input_grad(self, grad: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def _input_grad(self, grad_t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``grad @ S`` from ``grad_t = grad.T`` (contiguous ``(out, batch)``)."""
         ccol, row, order = self._transpose()
         matrix = _csr(ccol, row, values[order], (self.shape[1], self.shape[0]))
-        return (matrix @ grad.T).T
+        return (matrix @ grad_t).T
 
-    def _value_grad(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _value_grad(self, grad_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The gradient of each entry's value, from ``grad_t = grad.T`` (contiguous ``(out, batch)``)."""
         pattern = _csr(
             self.crow, self.col, torch.zeros(self.count, dtype=x.dtype, device=x.device), self.shape
         )
         # Per entry (i, j): sum over the batch of grad[:, i] * x[:, j], computed only at the pattern.
-        sampled = torch.sparse.sampled_addmm(pattern, grad.T, x, beta=0.0).values()
+        sampled = torch.sparse.sampled_addmm(pattern, grad_t, x, beta=0.0).values()
         if self.order is None:
             return sampled
         return torch.empty_like(sampled).index_copy_(0, self.order, sampled)
@@ -108,12 +110,14 @@ class _SparseLinear(torch.autograd.Function):
         x, values = ctx.saved_tensors
         pattern: SparsePattern = ctx.pattern
         dtype = values.dtype if values.dtype in _KERNEL_DTYPES else torch.float32
-        grad = grad.to(dtype).contiguous()
+        # Both kernels read the gradient feature-major; handing them a transposed view instead makes
+        # each of them slower than one explicit transposed copy shared by the two.
+        grad_t = grad.to(dtype).T.contiguous()
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_x = pattern._input_grad(grad, values.to(dtype)).to(x.dtype)
+            grad_x = pattern._input_grad(grad_t, values.to(dtype)).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_values = pattern._value_grad(grad, x.to(dtype).contiguous()).to(values.dtype)
+            grad_values = pattern._value_grad(grad_t, x.to(dtype).contiguous()).to(values.dtype)
         return grad_x, grad_values, None
 
 
