@@ -4,12 +4,14 @@ Everything runs in fresh subprocesses, ``--repeats`` rounds of them, the librari
 (the first one alternating between rounds) so that load from elsewhere hits both alike:
 
 * ``create_s``: ``get_peft_model`` on a copy of the base model (one untimed creation first pays
-  imports and plugin discovery); median of ``--inner``. One subprocess per (library, method),
-  which also measures the memory, save, load and merge figures below.
+  imports and plugin discovery; garbage is collected before each timed one); median of
+  ``--inner``. One subprocess per (library, method), which also measures the memory, save, load
+  and merge figures below.
 * ``step_s``: forward + backward + AdamW step on a fixed batch of token ids. Timed in one
-  subprocess per method that holds the floor and both libraries' models and steps them in
-  rotating turns (``--steps`` turns after a warm-up step each): a burst of load lands on all of
-  them instead of on whichever happened to run then. The median over every timed step.
+  subprocess per method that holds the floor and both libraries' models (built in the round's
+  order) and steps them in rotating turns (``--steps`` turns after a warm-up step each): a burst
+  of load lands on all of them instead of on whichever happened to run then. The median over
+  every timed step.
 * ``peak_mib``: peak memory of training: the process's resident-set high-water mark (Linux
   ``VmHWM``, reset through ``/proc/self/clear_refs`` just before the first step) minus the resident
   set just before it, over three training steps: activations, gradients, AdamW state and
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -217,7 +220,6 @@ class PeakMemory:
     """Peak resident memory of a block beyond what was resident when it began, in MiB."""
 
     def __enter__(self) -> PeakMemory:
-        import gc
         import resource
 
         gc.collect()
@@ -383,6 +385,7 @@ def run_child(label: str, s: dict[str, Any]) -> dict[str, Any]:
     creates = []
     for _ in range(s["inner"]):
         base = fresh()
+        gc.collect()  # the previous round's garbage is not this creation's cost
         seconds, model = _timed(lambda b=base: lib.create(b))
         creates.append(seconds)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -402,6 +405,7 @@ def run_child(label: str, s: dict[str, Any]) -> dict[str, Any]:
         loads, merges = [], []
         for _ in range(s["inner"] + 1):
             base = fresh()
+            gc.collect()
             seconds, loaded = _timed(lambda b=base: lib.from_pretrained(b, os.path.join(tmp, "save0")))
             loads.append(seconds)
             with torch.no_grad():
@@ -476,7 +480,8 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
             labels += [f"{STEPS}:{m}"] + [f"{lib}:{m}" for lib in order if _served(lib, m)]
         for label in labels:
             log(f"repeat {repeat + 1}/{settings['repeats']}: {label} (load {os.getloadavg()[0]:.1f})")
-            runs.setdefault(label, []).append(_child(label, settings))
+            # the steps child builds the libraries' models in this round's order too
+            runs.setdefault(label, []).append(_child(label, {**settings, "libraries": order}))
             loads.append(os.getloadavg()[0])
     floor_steps = [t for m in methods for run in runs[f"{STEPS}:{m}"] for t in run[FLOOR]]
     return {
