@@ -87,8 +87,8 @@ class VeraLayer(AdapterLayer):
         A, B = (p.to(device=lambda_d.device, dtype=lambda_d.dtype) for p in self.sliced_projections(name))
         h = self.vera_dropout[name](x.to(lambda_d.dtype))
         projected = F.linear(lambda_d * F.linear(h, A), B)
-        if projected.dtype == result.dtype:
-            return torch.addcmul(result, lambda_b, projected)  # result + lambda_b * projected, one kernel
+        # Not torch.addcmul: its backward scales the (tokens, out) product by its `value` once more,
+        # an extra full pass that costs more in training than the fused forward saves.
         return result + (lambda_b * projected).to(result.dtype)
 
     def delta_weight(self, name: str) -> torch.Tensor:
