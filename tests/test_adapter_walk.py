@@ -1,26 +1,12 @@
 """The walk that finds a model's adapter layers and modules-to-save wrappers (used by set_adapter, merging)."""
 
 import pytest
-import torch
+from _models import tiny_llama
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import peftkit
 from peftkit._injection import adapter_modules
 from peftkit.layer import AdapterLayer, ModulesToSave
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 def every_adapter_module(model: nn.Module) -> list[nn.Module]:
