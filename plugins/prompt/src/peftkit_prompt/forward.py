@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit_prompt.cache_names import cache_keyword
 from peftkit_prompt.prompts import active, is_prefix, ones_before, prefix_cache, prompt_embeddings
 from peftkit_prompt.setup import check_no_gradient_checkpointing, word_embeddings
 
@@ -76,7 +76,7 @@ def _seq2seq(peft_model: Any, config: Any, input_ids: Any, kwargs: dict[str, Any
         check_no_gradient_checkpointing(base)
         if kwargs.get("decoder_attention_mask") is not None:
             kwargs["decoder_attention_mask"] = ones_before(kwargs["decoder_attention_mask"], n)
-        kwargs["past_key_values"] = prefix_cache(peft_model, batch)
+        kwargs[_cache_keyword_of(base, base)] = prefix_cache(peft_model, batch)
         return base(input_ids=input_ids, **kwargs)
     if kwargs.get("attention_mask") is not None:
         kwargs["attention_mask"] = ones_before(kwargs["attention_mask"], n)
@@ -98,31 +98,39 @@ def _drop(kwargs: dict[str, Any], key: str) -> None:
     kwargs.pop(key, None)
 
 
+def _cache_keyword_of(model: nn.Module | None, named: nn.Module) -> str:
+    """``model``'s cache keyword; the error names ``named``, the model the user passed."""
+    keyword = cache_keyword(model.forward) if model is not None else None
+    if keyword is None:
+        raise ValueError(
+            f"{type(named).__name__} takes no key/value cache (past_key_values / cache), which prefix "
+            "tuning needs; use prompt tuning or p-tuning"
+        )
+    return keyword
+
+
 @contextlib.contextmanager
 def _cache_into(model: nn.Module, cache: Any, kwargs: dict[str, Any]) -> Iterator[None]:
-    """Give ``cache`` to ``model``: as ``past_key_values`` when its forward takes it, else to its backbone.
+    """Give ``cache`` to ``model``: by its cache keyword when its forward takes one, else to its backbone.
 
-    Classification heads (``BertForSequenceClassification``) do not take ``past_key_values``; their
-    backbone does, so it is handed over by a forward pre-hook and the head, dropout and loss stay the model's own.
+    Classification heads (``BertForSequenceClassification``) take no cache; their backbone does, so
+    it is handed over by a forward pre-hook and the head, dropout and loss stay the model's own.
     """
-    if "past_key_values" in inspect.signature(model.forward).parameters:
-        kwargs["past_key_values"] = cache
+    keyword = cache_keyword(model.forward)
+    if keyword is not None:
+        kwargs[keyword] = cache
         yield
         return
     backbone = getattr(model, "base_model", None)
-    if (
-        backbone is None
-        or backbone is model
-        or "past_key_values" not in inspect.signature(backbone.forward).parameters
-    ):
-        raise ValueError(
-            f"{type(model).__name__} takes no past_key_values, which prefix tuning needs; use prompt tuning or p-tuning"
-        )
+    if not isinstance(backbone, nn.Module) or backbone is model:
+        backbone = None
+    inner_keyword = _cache_keyword_of(backbone, model)
 
     def give_cache(_module: nn.Module, args: Any, inner: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        inner["past_key_values"] = cache
+        inner[inner_keyword] = cache
         return args, inner
 
+    assert backbone is not None  # _cache_keyword_of refused a model without one
     handle = backbone.register_forward_pre_hook(give_cache, with_kwargs=True)
     try:
         yield

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from peftkit_prompt.cache_names import cache_keyword, find_cache
 from peftkit_prompt.prompts import active, is_prefix, ones_before, prefix_cache, prompt_embeddings
 from peftkit_prompt.setup import check_no_gradient_checkpointing, word_embeddings
 
@@ -72,8 +73,15 @@ def _empty(cache: Any) -> bool:
     return cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
 
 
+def _cache_slot(base: Any, inputs: dict[str, Any]) -> tuple[str, Any]:
+    """Where this step's inputs hold the cache: the name the model uses, and the cache (None if absent)."""
+    name, cache = find_cache(inputs)
+    return name or cache_keyword(base.forward) or "past_key_values", cache
+
+
 def _causal_step(peft_model: Any, config: Any, original: Callable[..., Any]) -> Callable[..., Any]:
     n = config.num_virtual_tokens
+    base = peft_model.get_base_model()
 
     def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = original(*args, **kwargs)
@@ -85,7 +93,8 @@ def _causal_step(peft_model: Any, config: Any, original: Callable[..., Any]) -> 
                 )
             inputs["attention_mask"] = ones_before(mask, n)
         inputs.pop("token_type_ids", None)
-        first = _empty(inputs.get("past_key_values"))
+        slot, cache = _cache_slot(base, inputs)
+        first = _empty(cache)
         if is_prefix(config):
             if inputs.get("position_ids") is not None:
                 inputs["position_ids"] = inputs["position_ids"] + n
@@ -95,14 +104,14 @@ def _causal_step(peft_model: Any, config: Any, original: Callable[..., Any]) -> 
                     if inputs.get("input_ids") is not None
                     else inputs["inputs_embeds"]
                 ).shape[0]
-                inputs["past_key_values"] = prefix_cache(peft_model, batch)
+                inputs[slot] = prefix_cache(peft_model, batch)
             return inputs
         # The model numbers positions itself, counting the virtual tokens (as in training).
         inputs.pop("position_ids", None)
         if first:
             embeds = inputs.pop("inputs_embeds", None)
             if embeds is None:
-                embeds = word_embeddings(peft_model.get_base_model())(inputs["input_ids"])
+                embeds = word_embeddings(base)(inputs["input_ids"])
             prompts = prompt_embeddings(peft_model, embeds.shape[0], embeds.dtype)
             inputs["inputs_embeds"] = torch.cat((prompts, embeds), dim=1)
             inputs["input_ids"] = None
@@ -112,10 +121,13 @@ def _causal_step(peft_model: Any, config: Any, original: Callable[..., Any]) -> 
 
 
 def _seq2seq_prefix_step(peft_model: Any, config: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+    base = peft_model.get_base_model()
+
     def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = original(*args, **kwargs)
-        if kwargs.get("is_first_iteration") or _empty(inputs.get("past_key_values")):
-            inputs["past_key_values"] = prefix_cache(peft_model, inputs["decoder_input_ids"].shape[0])
+        slot, cache = _cache_slot(base, inputs)
+        if kwargs.get("is_first_iteration") or _empty(cache):
+            inputs[slot] = prefix_cache(peft_model, inputs["decoder_input_ids"].shape[0])
         return inputs
 
     return prepare
