@@ -63,7 +63,8 @@ def test_each_sample_gets_its_adapter(
     with torch.no_grad():
         mixed = model(x, adapter_names=names)
     for i, name in enumerate(names):
-        torch.testing.assert_close(mixed[i], alone[name][i], atol=1e-6, rtol=0)
+        # Sub-batches run matmuls of other shapes: equal up to float32 rounding (default tolerances).
+        torch.testing.assert_close(mixed[i], alone[name][i])
     assert not torch.allclose(alone["a"], alone["b"]) and not torch.allclose(alone["a"], alone["__base__"])
     assert model.active_adapters == active
     assert _per_sample.current() is None, "the per-sample context leaked out of the call"
