@@ -31,6 +31,7 @@ _LAZY = {
     "PeftModelForQuestionAnswering": "peftkit.tasks",
     "PeftModelForFeatureExtraction": "peftkit.tasks",
     "AdapterLayer": "peftkit.layer",
+    "LayerContractError": "peftkit.layer",
     "BaseLayerView": "peftkit.views",
     "CheckpointError": "peftkit._io",
 }

@@ -72,7 +72,10 @@ class Method:
 
     @property
     def layer_class(self) -> type:
-        return resolve(self.layer)
+        """The layer class, imported on first use and checked against the adapter-layer contract."""
+        from peftkit.layer import check_layer_class
+
+        return check_layer_class(resolve(self.layer), f"method {self.name!r} of {self.origin}")
 
     @property
     def origin(self) -> str:

@@ -30,11 +30,23 @@ class UnsafeMergeError(ValueError):
     """Merging would put NaN or inf into the base weight; nothing was changed."""
 
 
+class LayerContractError(TypeError):
+    """A method's layer class breaks the adapter-layer contract (for example it shadows an nn.Module method)."""
+
+
 class AdapterLayer(nn.Module):
-    """A base layer plus named adapters of one method. See the module docstring for the contract."""
+    """A base layer plus named adapters of one method. See the module docstring for the contract.
+
+    Naming rule: a method's layer must not redefine a ``torch.nn.Module`` method or property other
+    than ``forward`` and ``extra_repr`` (``_apply``, ``to``, ``train``, ``state_dict``... are what
+    every ``.to()``, ``.half()`` and save goes through). One that means to lists the names in
+    ``overrides_module_methods``; :func:`check_layer_class` refuses the rest when the method is used.
+    """
 
     #: Plain-dict attributes keyed by adapter name (scalings, per-adapter settings) to clean on delete.
     adapter_dicts: tuple[str, ...] = ()
+    #: ``torch.nn.Module`` methods this layer class overrides on purpose (beyond forward and extra_repr).
+    overrides_module_methods: tuple[str, ...] = ()
 
     def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
         super().__init__()
@@ -264,6 +276,40 @@ class AdapterLayer(nn.Module):
             if base is None:
                 raise
             return getattr(base, name)
+
+
+# What nn.Module itself defines and a subclass could hide by reusing the name.
+_MODULE_API = frozenset(
+    name for name, value in vars(nn.Module).items() if callable(value) or isinstance(value, property)
+)
+_MEANT_TO_OVERRIDE = frozenset({"__init__", "forward", "extra_repr"})
+
+
+def shadowed_module_methods(cls: type) -> list[str]:
+    """The ``torch.nn.Module`` methods that ``cls``, below :class:`AdapterLayer`, redefines undeclared."""
+    mro = cls.__mro__
+    own = mro[: mro.index(AdapterLayer)] if AdapterLayer in mro else mro
+    allowed = _MEANT_TO_OVERRIDE | set(getattr(cls, "overrides_module_methods", ()))
+    return sorted(
+        {name for klass in own for name in vars(klass) if name in _MODULE_API and name not in allowed}
+    )
+
+
+def check_layer_class(cls: Any, owner: str) -> type[AdapterLayer]:
+    """``cls`` if it is a valid method layer class; otherwise a :class:`LayerContractError` naming ``owner``.
+
+    ``owner`` says who registered it (``"method 'miss' of peftkit-miss==0.1.0"``).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, AdapterLayer)):
+        raise LayerContractError(f"{owner}: its layer {cls!r} is not a subclass of peftkit.AdapterLayer")
+    shadowed = shadowed_module_methods(cls)
+    if shadowed:
+        raise LayerContractError(
+            f"{owner}: layer class {cls.__module__}.{cls.__qualname__} redefines torch.nn.Module's "
+            f"{', '.join(shadowed)}, which .to(), .half(), .train() and state_dict() go through; rename it, "
+            "or list it in the class's overrides_module_methods if the override is meant"
+        )
+    return cls
 
 
 class ModulesToSave(nn.Module):

@@ -250,3 +250,20 @@ def test_bat_needs_a_view_that_reads_the_weight() -> None:
     with pytest.raises(ValueError, match="cannot read it"):
         layer.add_adapter("default", MissConfig(r=4, init_weights="bat"))
     layer.add_adapter("default", MissConfig(r=4))  # balance only needs the base forward
+
+
+@pytest.mark.parametrize("variant", ["balance", "bat", "mini"])
+def test_a_miss_model_moves_and_casts_like_any_module(variant: str) -> None:
+    # MissLayer once defined _apply(weight, name, block, inverse), hiding nn.Module._apply.
+    init = {"balance": {}, "bat": {"init_weights": "bat"}, "mini": {"init_weights": "mini", "mini_r": 2}}[
+        variant
+    ]
+    pm = peftkit.get_peft_model(
+        nn.Sequential(nn.Linear(8, 8)), peftkit.config("miss", r=2, target_modules=["0"], **init)
+    )
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = pm(x)
+        pm.to("cpu").half().bfloat16().float()
+        assert {p.dtype for p in pm.parameters()} == {torch.float32}
+        torch.testing.assert_close(pm(x), expected, atol=0.05, rtol=0)

@@ -24,7 +24,9 @@ Every ``test_*`` method of :class:`ConformanceSuite` then runs once per case: fo
 identity at init, training touches only adapter parameters (names starting with your
 method's registered ``prefix``), save/load round trip and on-disk format, merge / unmerge /
 unload, safe merge refusing NaN, ``disable_adapter``, several adapters, ``requires_grad``
-rules, bf16/fp16 bases, and ``modules_to_save``. The tiny models are described in
+rules, bf16/fp16 bases, ``modules_to_save``, and moving the model with ``.to(dtype)``,
+``.half()``, ``.bfloat16()``, ``.float()`` and ``.to(device)`` (CUDA where present; a layer class
+that shadows a ``torch.nn.Module`` method fails here). The tiny models are described in
 :mod:`peftkit.testing.models`; build them yourself with ``make_model(name)`` and
 ``make_inputs(name)`` for method-specific tests. A case's ``config`` never contains the init
 fields: the suite adds ``identity_init`` or ``random_init`` itself. ``test_modules_to_save``

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import peftkit
-from peftkit.layer import AdapterLayer, ModulesToSave, UnsafeMergeError
+from peftkit.layer import AdapterLayer, ModulesToSave, UnsafeMergeError, shadowed_module_methods
 from peftkit.testing._probes import (
     _adapter_modules,
     _assert_grad,
@@ -449,6 +449,43 @@ class ConformanceSuite:
         model.save_pretrained(tmp_path)
         loaded = peftkit.PeftModel.from_pretrained(make_model(case.model), tmp_path)
         assert torch.equal(_run(loaded, x), expected), "the module copy did not round-trip"
+
+    # --- 12. device and dtype moves ------------------------------------------------------------
+    def test_device_and_dtype_moves(self, case: Case) -> None:
+        """``.to(dtype)``, ``.half()``, ``.bfloat16()``, ``.float()``, ``.to(device)`` move every tensor and keep outputs."""
+        x = make_inputs(case.model)
+        model = self.wrap(case, self.random_init)
+        for layer_class in {type(m) for m in model.modules() if isinstance(m, AdapterLayer)}:
+            shadowed = shadowed_module_methods(layer_class)
+            assert not shadowed, f"{layer_class.__qualname__} shadows torch.nn.Module's {shadowed}"
+        expected = _run(model, x)
+        runnable = _supported_low_precision(case.model, x)
+        moves = [
+            (torch.bfloat16, lambda m: m.to(torch.bfloat16), lambda m: m.to(torch.float32)),
+            (torch.bfloat16, lambda m: m.bfloat16(), lambda m: m.float()),
+            (torch.float16, lambda m: m.half(), lambda m: m.to(dtype=torch.float32)),
+        ]
+        for dtype, there, back in moves:
+            there(model)
+            floats = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+            assert floats == {dtype}, f"moving to {dtype} left tensors in {floats - {dtype}}"
+            if dtype in runnable:
+                low = _run(model, _cast_input(x, dtype))
+                assert low.dtype == dtype and torch.isfinite(low).all(), f"forward in {dtype} after the move"
+            back(model)
+            # The round trip rounds every weight to the low dtype once: compare at the output's scale.
+            scale = expected.abs().max().item() + 1.0
+            torch.testing.assert_close(_run(model, x), expected, atol=0.05 * scale, rtol=0)
+        model = self.wrap(case, self.random_init)
+        expected = _run(model, x)
+        devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+        for device in devices:
+            model.to(device)
+            assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {device}
+            out = _run(model, x.to(device))
+            torch.testing.assert_close(out.cpu(), expected, atol=self.merge_atol, rtol=0)
+        model.to("cpu")
+        assert torch.equal(_run(model, x), expected), "a move to a device and back changed the outputs"
 
 
 # --- module-level helpers ----------------------------------------------------------------------

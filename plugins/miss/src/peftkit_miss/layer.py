@@ -93,7 +93,7 @@ class MissLayer(AdapterLayer):
             if other == name:
                 break
             if other not in self.merged_adapters:
-                weight = self._apply(weight, other, self.miss_block[other], inverse=False)
+                weight = self._block_applied(weight, other, self.miss_block[other], inverse=False)
         return weight
 
     # --- merging ------------------------------------------------------------------------
@@ -120,12 +120,14 @@ class MissLayer(AdapterLayer):
         self.view.update_weight(lambda w: _add_shared_(w, shared * alpha), block.dtype)
 
     def merged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
-        return self._apply(weight, name, self.miss_block[name].detach(), inverse=False)
+        return self._block_applied(weight, name, self.miss_block[name].detach(), inverse=False)
 
     def unmerged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
-        return self._apply(weight, name, self.miss_block[name].detach(), inverse=True)
+        return self._block_applied(weight, name, self.miss_block[name].detach(), inverse=True)
 
-    def _apply(self, weight: torch.Tensor, name: str, block: torch.Tensor, inverse: bool) -> torch.Tensor:
+    def _block_applied(
+        self, weight: torch.Tensor, name: str, block: torch.Tensor, inverse: bool
+    ) -> torch.Tensor:
         """Adapter ``name`` merged into (or, with ``inverse``, taken out of) ``weight``; never in place."""
         block = block.to(weight.dtype)
         if self.miss_variant[name] == "bat":
