@@ -201,11 +201,20 @@ def read_config_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"no {CONFIG_NAME} in {path!r}: this is not an adapter folder "
             "(save one with model.save_pretrained(path))"
         )
+    with open(file, "rb") as fh:
+        return config_dict_from_bytes(fh.read(), file)
+
+
+def config_dict_from_bytes(raw: bytes, file: str) -> dict[str, Any]:
+    """``adapter_config.json``'s content, already read from ``file`` (named in errors), as a dict."""
     try:
-        with open(file, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{file} nests JSON arrays or objects too deeply to be an adapter config; it is damaged or hostile"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file} must hold a JSON object, found {type(data).__name__}")
     if not data.get("peft_type"):

@@ -19,10 +19,16 @@ class UnsupportedLayerError(TypeError):
 
 
 def get_view(module: nn.Module) -> Any:
-    """The base-layer view a backend offers for ``module``, or None."""
-    from peftkit._plugins import plugin_manager
+    """The base-layer view a backend offers for ``module``, or None (a failing backend is disabled, see first_answer)."""
+    from peftkit._plugins import first_answer
+    from peftkit.views import BaseLayerView
 
-    return plugin_manager().hook.peftkit_base_layer_view(module=module)
+    return first_answer(
+        "peftkit_base_layer_view",
+        lambda view: isinstance(view, BaseLayerView),
+        "a peftkit.BaseLayerView",
+        module=module,
+    )
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -124,6 +130,26 @@ def _move_like_base(layer: AdapterLayer, name: str) -> None:
     for param in layer.adapter_parameters(name):
         if param.device != device:
             param.data = param.data.to(device)
+
+
+def check_name_free(model: nn.Module, name: str) -> None:
+    """Refuse ``name`` when an adapter layer of ``model`` already holds an adapter so called.
+
+    That happens when a second ``PeftModel`` wraps a model the first one adapted: reusing the name
+    would re-initialise (and a failed load would delete) the first wrapper's trained adapter.
+    """
+    holders = [
+        path
+        for path, module in model.named_modules()
+        if isinstance(module, (AdapterLayer, ModulesToSave)) and name in module.adapter_names
+    ]
+    if holders:
+        raise ValueError(
+            f"this model already holds an adapter named {name!r} (in {holders[0]}"
+            f"{f' and {len(holders) - 1} more' if len(holders) > 1 else ''}), probably from another PeftModel "
+            "wrapping it; add to that wrapper with add_adapter/load_adapter, pick another adapter_name, "
+            "or call unload() on the first wrapper. Nothing was changed"
+        )
 
 
 def remove_adapter_layers(model: nn.Module, name: str) -> None:

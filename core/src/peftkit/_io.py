@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,6 +34,52 @@ def _write_atomic(path: str, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+TMP_GLOB = ".peftkit-*.tmp"
+_HELD: set[str] = set()  # folders this process holds the lock of
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (an advisory ``flock`` on the directory itself, no lock file).
+
+    peftkit saves into a folder only while holding it, so two processes saving to the same folder
+    take turns (the last one wins) instead of interleaving their files. Readers never lock: each
+    save keeps the folder loadable at every step. Where ``fcntl`` is missing (Windows) saves do not
+    serialise.
+    """
+    key = os.path.realpath(folder)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    if key in _HELD:  # flock is per open file: this process locking the folder again would wait forever
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD.add(key)
+        yield
+    finally:
+        _HELD.discard(key)
+        os.close(fd)  # closing releases the lock
+
+
+def remove_leftovers(folder: str, patterns: tuple[str, ...]) -> None:
+    """Delete files a killed save left in ``folder`` (call while holding :func:`folder_lock`)."""
+    for pattern in patterns:
+        for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file from one open: a save renaming a new file over ``path`` meanwhile cannot mix in."""
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -86,12 +135,18 @@ def _pickle_reason(exc: Exception) -> str:
 
 
 def _load_safetensors(file: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+    """Tensors and metadata parsed from one read of ``file``, so both come from the same save."""
+    import json
+    import struct
 
+    from safetensors.torch import load
+
+    data = read_bytes(file)
     try:
-        with safe_open(file, framework="pt", device="cpu") as fh:
-            metadata = fh.metadata() or {}
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.get("__metadata__") or {}
+        tensors = load(data)
     except Exception as exc:
         raise CheckpointError(
             f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc}); "

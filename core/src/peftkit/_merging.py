@@ -66,6 +66,7 @@ class MergingMixin:
 
     def _unload(self, keep_merged: bool) -> nn.Module:
         model = self.get_base_model()
+        self._unloaded = True  # the wrapper no longer holds its adapters: saving it must refuse
         for path, module in list(model.named_modules()):
             if isinstance(module, AdapterLayer):
                 if not keep_merged:

@@ -13,8 +13,7 @@ from contextvars import ContextVar
 
 import torch
 
-#: The name that stands for "no adapter" in ``adapter_names``.
-BASE = "__base__"
+from peftkit._adapter_names import BASE  # noqa: F401  (re-exported: "no adapter" in ``adapter_names``)
 
 
 class SampleAdapters:

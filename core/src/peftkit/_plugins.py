@@ -77,7 +77,9 @@ def _load_entry_point(pm: pluggy.PluginManager, ep: Any) -> None:
         if pm.is_registered(plugin):  # one module behind two entry points: already loaded
             return
         pm.register(plugin, name=name)
-    except Exception as exc:  # one broken plugin must not take the others down
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: one broken plugin must not take the others down
         pm.peftkit_broken[name] = _failure(origin, exc)
         return
     pm.peftkit_dists[name] = origin
@@ -193,6 +195,46 @@ def registry() -> Registry:
 def reset() -> None:
     """Forget the discovered plugins so the next call rediscovers them (tests, notebooks)."""
     _default_state.cache_clear()
+
+
+def first_answer(hook: str, valid: Callable[[Any], bool], expected: str, **kwargs: Any) -> Any:
+    """The first non-None answer to a first-result ``hook``, asking plugins in pluggy's order.
+
+    Unlike calling the hook directly, one plugin cannot take the others down: an implementation
+    that raises, or returns something ``valid`` rejects (``expected`` says what it should have
+    returned), is disabled with a warning that names it, listed in ``registry().broken`` (so
+    ``peftkit list-methods`` shows it), and the next plugin answers. A ``CheckpointError`` or
+    ``ConfigError`` is the plugin refusing this input on purpose, with its reason: it propagates.
+    """
+    from peftkit._config import ConfigError
+    from peftkit._io import CheckpointError
+
+    pm = plugin_manager()
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        try:
+            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except (CheckpointError, ConfigError):
+            raise  # the plugin's deliberate, explained refusal of this input (a checkpoint it cannot read)
+        except Exception as exc:
+            _disable(impl.plugin_name, f"its {hook} raised {type(exc).__name__}: {exc}")
+            continue
+        if result is None:
+            continue
+        if valid(result):
+            return result
+        _disable(impl.plugin_name, f"its {hook} returned a {type(result).__name__}, not {expected}")
+    return None
+
+
+def _disable(plugin: str, why: str) -> None:
+    """Take a plugin that failed at use time out of the process-wide manager and list it as broken."""
+    pm = plugin_manager()
+    dist, version = pm.peftkit_dists.get(plugin, ("unknown", "0"))
+    message = f"{dist}=={version}: {why}"
+    registry().broken[plugin] = message
+    if pm.get_plugin(plugin) is not None:
+        pm.unregister(name=plugin)
+    warnings.warn(f"peftkit plugin {plugin!r} failed and was disabled ({message}); the other plugins answer")
 
 
 def warn_broken() -> None:

@@ -68,14 +68,25 @@ class Method:
 
     @property
     def config_class(self) -> type:
-        return resolve(self.config)
+        return self._import(self.config, "config class")
 
     @property
     def layer_class(self) -> type:
         """The layer class, imported on first use and checked against the adapter-layer contract."""
         from peftkit.layer import check_layer_class
 
-        return check_layer_class(resolve(self.layer), f"method {self.name!r} of {self.origin}")
+        return check_layer_class(
+            self._import(self.layer, "layer class"), f"method {self.name!r} of {self.origin}"
+        )
+
+    def _import(self, target: Any, what: str) -> Any:
+        try:
+            return resolve(target)
+        except (ImportError, AttributeError) as exc:
+            raise PluginImportError(
+                f"method {self.name!r} of {self.origin}: its {what} {target!r} cannot be imported "
+                f"({type(exc).__name__}: {exc}); reinstall {self.dist}, or report it to its authors"
+            ) from exc
 
     @property
     def origin(self) -> str:
@@ -123,6 +134,10 @@ class Converter:
         resolve(self.convert)(in_path, out_path)
 
 
+class PluginImportError(ImportError):
+    """A plugin's lazily named class (``"module:attr"``) could not be imported when first used."""
+
+
 class DuplicateMethodError(RuntimeError):
     """Two installed distributions register the same method name, PEFT type or converter name."""
 
@@ -132,6 +147,14 @@ class UnknownMethodError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def _install_hint(name: str, grammar: re.Pattern[str]) -> str:
+    """What to install for an unknown method or type; a name from a file is suggested only if it is a plain name."""
+    if not isinstance(name, str) or not grammar.match(name) or len(name) > 64:
+        return "the type is unknown to every installed plugin and no distribution name can be derived from it"
+    guess = name.lower().replace("_", "-")
+    return f"install the distribution that provides it (for example `pip install peftkit-{guess}`)"
 
 
 def _conflict(what: str, first: Any, second: Any) -> str:
@@ -207,8 +230,7 @@ class Registry:
             return self.by_peft_type(name.upper())
         raise UnknownMethodError(
             f"no installed plugin provides the method {name!r}; installed: "
-            f"{', '.join(sorted(self.methods)) or 'none'}. Install it with "
-            f"`pip install peftkit-{key.replace('_', '-')}` (or the distribution that provides it)"
+            f"{', '.join(sorted(self.methods)) or 'none'}. {_install_hint(key, _NAME).capitalize()}"
             f"{self._broken_hint()}"
         )
 
@@ -221,11 +243,9 @@ class Registry:
                 return method
         if peft_type.lower() in self.conflicts:
             raise DuplicateMethodError(self.conflicts[peft_type.lower()])
-        guess = peft_type.lower().replace("_", "-")
         raise UnknownMethodError(
             f"this adapter has peft_type {peft_type!r}, which no installed plugin serves; "
-            f"install the distribution that provides it (for example `pip install peftkit-{guess}`)"
-            f"{self._broken_hint()}"
+            f"{_install_hint(peft_type, _PEFT_TYPE)}{self._broken_hint()}"
         )
 
     def converter(self, name: str) -> Converter:

@@ -9,13 +9,23 @@ from typing import Any
 import torch
 
 from peftkit import _io, _state_dict
-from peftkit._config import CONFIG_NAME, ConfigError, PeftConfig, config_from_dict, read_config_dict
+from peftkit._config import (
+    CONFIG_NAME,
+    ConfigError,
+    PeftConfig,
+    config_dict_from_bytes,
+    config_from_dict,
+    read_config_dict,
+)
 
 DIGEST_KEY = "peftkit_config_digest"
-# The new config, complete on disk before the weights are replaced; renamed into place last.
-PENDING_CONFIG = ".peftkit-pending-" + CONFIG_NAME
+# The new config, complete on disk before the weights are replaced; renamed into place last. Named
+# after its digest, so concurrent or killed saves never take each other's pending file.
+PENDING_PREFIX = ".peftkit-pending-"
+_OLD_PENDING = PENDING_PREFIX + CONFIG_NAME  # peftkit 0.1's single pending name, still recognised
 # Descriptive fields a user may edit by hand without changing what the tensors mean.
 _UNDIGESTED = ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping")
+_READ_ATTEMPTS = 3
 
 
 def _digest(config: dict[str, Any]) -> str:
@@ -24,16 +34,23 @@ def _digest(config: dict[str, Any]) -> str:
     return _io.config_digest(json.dumps(kept, sort_keys=True))
 
 
+def _pending_name(digest: str) -> str:
+    return f"{PENDING_PREFIX}{digest}.json"
+
+
 def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None) -> None:
     """Write adapter ``name`` into ``folder``: weights first, then the config they were saved with.
 
     ``transform(config, tensors) -> (config, tensors)``, when given, rewrites both before anything is written.
 
     Every file is written to a temporary name and renamed into place, and the weights carry a
-    digest of their config. The new config is written completely (as ``PENDING_CONFIG``) before
-    the weights are replaced, and renamed over ``adapter_config.json`` last: a save killed at any
-    point leaves either the previous pair, or the new weights with their config still pending,
-    which ``read_adapter`` recognises by the digest and loads. Never a mix of the two.
+    digest of their config. The new config is written completely (as a pending file named after
+    its digest) before the weights are replaced, and renamed over ``adapter_config.json`` last: a
+    save killed at any point leaves either the previous pair, or the new weights with their config
+    still pending, which ``read_adapter`` recognises by the digest and loads. Never a mix of the
+    two. Saves to one folder hold its lock, so concurrent ones take turns; each removes what
+    killed saves left behind (temporary files, pending configs of older saves) once its own pair
+    is in place.
     """
     config = peft_model.peft_config[name].replace(inference_mode=True)
     tensors = _state_dict.adapter_state_dict(peft_model, name)
@@ -41,11 +58,15 @@ def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None)
         config, tensors = transform(config, tensors)
     os.makedirs(folder, exist_ok=True)
     text = config.to_json()
-    metadata = {"format": "pt", DIGEST_KEY: _digest(config.to_dict())}
-    pending = os.path.join(folder, PENDING_CONFIG)
-    _io.write_text_atomic(pending, text)
-    _io.save_tensors_atomic(tensors, os.path.join(folder, _io.WEIGHTS_NAME), metadata)
-    os.replace(pending, os.path.join(folder, CONFIG_NAME))
+    digest = _digest(config.to_dict())
+    metadata = {"format": "pt", DIGEST_KEY: digest}
+    pending = os.path.join(folder, _pending_name(digest))
+    with _io.folder_lock(folder):
+        _io.remove_leftovers(folder, (_io.TMP_GLOB,))
+        _io.write_text_atomic(pending, text)
+        _io.save_tensors_atomic(tensors, os.path.join(folder, _io.WEIGHTS_NAME), metadata)
+        os.replace(pending, os.path.join(folder, CONFIG_NAME))
+        _io.remove_leftovers(folder, (PENDING_PREFIX + "*",))
 
 
 def resolve_folder(model_id: str | os.PathLike[str], subfolder: str | None = None, **hub_kwargs: Any) -> str:
@@ -75,19 +96,71 @@ def read_adapter(
     model_id: str | os.PathLike[str],
     config: PeftConfig | None = None,
     subfolder: str | None = None,
+    allow_nonfinite: bool = False,
     **hub_kwargs: Any,
 ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of a saved adapter, legacy formats translated by the plugins."""
-    from peftkit._plugins import plugin_manager
+    """The config and tensors of a saved adapter, legacy formats translated by the plugins.
 
+    Config and weights come from one consistent snapshot of the folder, even while another process
+    saves into it: the weights file is read in one go and the config is read again afterwards; if
+    it changed meanwhile, the read starts over (a clear "changed while reading" error after three
+    tries). Tensors holding NaN or inf are refused unless ``allow_nonfinite``.
+    """
     folder = resolve_folder(model_id, subfolder, **hub_kwargs)
-    raw = read_config_dict(folder) if config is None else config.to_dict()
+    for _ in range(_READ_ATTEMPTS):
+        snapshot = _read_snapshot(folder, config)
+        if snapshot is not None:
+            raw, tensors, metadata = snapshot
+            break
+    else:
+        raise _io.CheckpointError(
+            f"{folder}: the adapter changed while it was being read (another process is saving into it); "
+            "load it again once the save has finished"
+        )
+    loaded, tensors = _understood(folder, config, raw, tensors, metadata.get(DIGEST_KEY))
+    if not allow_nonfinite:
+        _check_finite(folder, tensors)
+    return loaded, tensors
+
+
+def _read_snapshot(
+    folder: str, config: PeftConfig | None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, str]] | None:
+    """``(config dict, tensors, metadata)`` read consistently, or None when a save changed the folder meanwhile."""
+    config_file = os.path.join(folder, CONFIG_NAME)
+    if config is not None:
+        return (config.to_dict(), *_io.load_tensors(folder))
+    if not os.path.isfile(config_file):
+        read_config_dict(folder)  # raises the "not an adapter folder" error
+    before = _io.read_bytes(config_file)
     tensors, metadata = _io.load_tensors(folder)
+    after = _io.read_bytes(config_file)
+    if after != before:
+        return None
+    raw = config_dict_from_bytes(after, config_file)
     digest = metadata.get(DIGEST_KEY)
-    if config is None and digest is not None and _digest(raw) != digest:
-        raw = _interrupted_save(folder, digest) or raw
+    if digest is not None and _digest(raw) != digest:
+        pending = _interrupted_save(folder, digest)
+        if pending is None and _io.read_bytes(config_file) != after:
+            return None  # a save renamed its config in meanwhile: read the new pair
+        raw = pending or raw
+    return raw, tensors, metadata
+
+
+def _understood(
+    folder: str, config: PeftConfig | None, raw: dict[str, Any], tensors: dict[str, Any], digest: str | None
+) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
+    """The config as a peftkit config (legacy formats translated by the plugins), checked against the digest."""
+    from peftkit._plugins import first_answer
+
     on_disk = dict(raw)
-    translated = plugin_manager().hook.peftkit_translate_checkpoint(config=raw, tensors=tensors)
+    translated = first_answer(
+        "peftkit_translate_checkpoint",
+        lambda answer: isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], dict),
+        "a (config dict, tensors dict) pair",
+        config=raw,
+        tensors=tensors,
+    )
     if translated is not None:
         raw, tensors = translated
     loaded = config if config is not None and translated is None else config_from_dict(raw)
@@ -103,13 +176,27 @@ def read_adapter(
     return loaded, tensors
 
 
+def _check_finite(folder: str, tensors: dict[str, torch.Tensor]) -> None:
+    bad = [
+        key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if bad:
+        raise _io.CheckpointError(
+            f"{folder}: {len(bad)} adapter tensor(s) hold NaN or inf, e.g. {bad[:3]}; the adapter would turn "
+            "every output into NaN. Train or save it again, or pass allow_nonfinite=True to load it anyway"
+        )
+
+
 def _interrupted_save(folder: str, digest: str) -> dict[str, Any] | None:
     """The config of a save killed after replacing the weights, if it is the one they were saved with."""
-    pending = os.path.join(folder, PENDING_CONFIG)
-    if not os.path.isfile(pending):
-        return None
-    try:
-        data = read_config_dict(pending)
-    except ConfigError:
-        return None
-    return data if _digest(data) == digest else None
+    for name in (_pending_name(digest), _OLD_PENDING):
+        pending = os.path.join(folder, name)
+        if not os.path.isfile(pending):
+            continue
+        try:
+            data = read_config_dict(pending)
+        except (ConfigError, OSError):
+            continue
+        if _digest(data) == digest:
+            return data
+    return None

@@ -80,13 +80,13 @@ def adapter_state_dict(peft_model: Any, name: str) -> dict[str, torch.Tensor]:
     return {key: tensor.detach() for key, (_, _, tensor) in adapter_slots(peft_model, name).items()}
 
 
-def load_adapter_state(
-    peft_model: Any, name: str, tensors: dict[str, torch.Tensor], assign: bool = False
-) -> list[str]:
-    """Copy ``tensors`` (on-disk keys) into adapter ``name``; check everything before changing anything.
+def check_adapter_state(
+    peft_model: Any, name: str, tensors: dict[str, torch.Tensor]
+) -> tuple[dict[str, tuple[nn.Module, str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Check ``tensors`` (on-disk keys) against adapter ``name`` without changing anything.
 
-    Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes.
-    Returns the unexpected keys, which are ignored.
+    Returns the slots to fill and the tensors with their keys aligned. Missing keys, shape or dtype
+    mismatches and keys naming a base weight that is not an embedding raise ``CheckpointError``.
     """
     slots = adapter_slots(peft_model, name, for_load=True)
     tensors = _align_base_layer_keys(tensors, slots)
@@ -97,9 +97,22 @@ def load_adapter_state(
             "was it saved for a different model or config?"
         )
     slots.update(_base_slots(peft_model, tensors, slots))
-    for key, value in tensors.items():
+    config = peft_model.peft_config[name]
+    for key in sorted(tensors):  # sorted: the first mismatch reported does not depend on the file's order
         if key in slots:
-            _check_compatible(key, slots[key][2], value)
+            _check_compatible(key, slots[key][2], tensors[key], config)
+    return slots, tensors
+
+
+def load_adapter_state(
+    peft_model: Any, name: str, tensors: dict[str, torch.Tensor], assign: bool = False
+) -> list[str]:
+    """Copy ``tensors`` (on-disk keys) into adapter ``name``; check everything before changing anything.
+
+    Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes.
+    Returns the unexpected keys, which are ignored.
+    """
+    slots, tensors = check_adapter_state(peft_model, name, tensors)
     per_module: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
     for key, value in tensors.items():
         if key in slots:
@@ -141,8 +154,12 @@ def _align_base_layer_keys(tensors: dict[str, Any], slots: dict[str, Any]) -> di
 def _base_slots(
     peft_model: Any, tensors: dict[str, Any], taken: dict[str, Any]
 ) -> dict[str, tuple[nn.Module, str, torch.Tensor]]:
-    """Checkpoint tensors named after a base-model parameter, loaded into it as Hugging Face PEFT does
-    (it saves targeted embedding layers whole, e.g. after the vocabulary was resized)."""
+    """Checkpoint tensors named after a base embedding weight, loaded into it as Hugging Face PEFT does
+    (it saves targeted embedding layers whole, e.g. after the vocabulary was resized).
+
+    A key naming any other base tensor (an attention weight, a norm) is refused: an adapter file
+    must not silently rewrite the model it is loaded into.
+    """
     model = peft_model.base_model.model
     params = {_plain(name): (name, param) for name, param in model.named_parameters()}
     names = {
@@ -150,21 +167,53 @@ def _base_slots(
         for key in tensors
         if key.startswith(MODEL_PREFIX) and key not in taken
     }
-    return {key: (model, *params[inner]) for key, inner in names.items() if inner in params}
+    found = {key: inner for key, inner in names.items() if inner in params}
+    embeddings = _embedding_weights(model)
+    foreign = sorted(key for key, inner in found.items() if id(params[inner][1]) not in embeddings)
+    if foreign:
+        raise CheckpointError(
+            f"the checkpoint names {len(foreign)} base-model tensor(s) that are not adapter tensors, e.g. "
+            f"{foreign[:3]}; loading would overwrite the model's own weights, so nothing was loaded. "
+            "Remove them from the file if the adapter is yours, or do not load a file you do not trust"
+        )
+    return {key: (model, *params[inner]) for key, inner in found.items()}
 
 
-def _check_compatible(key: str, expected: torch.Tensor, found: Any) -> None:
+def _embedding_weights(model: nn.Module) -> set[int]:
+    """The ids of the model's token embedding and output embedding weights (whole-layer saves allowed)."""
+    kept = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if isinstance(getattr(head, "weight", None), torch.Tensor):
+        kept.add(id(head.weight))
+    return kept
+
+
+def _check_compatible(key: str, expected: torch.Tensor, found: Any, config: Any = None) -> None:
     if not isinstance(found, torch.Tensor):
         raise CheckpointError(f"{key}: expected a tensor, found {type(found).__name__}")
     if tuple(expected.shape) != tuple(found.shape):
         raise CheckpointError(
             f"{key}: the model expects shape {tuple(expected.shape)} but the checkpoint has {tuple(found.shape)}; "
-            "the adapter was saved for a different model or config (r, target_modules)"
+            f"the adapter was saved for a different model or config{_shaping_fields(config, expected, found)}"
         )
     if expected.is_floating_point() != found.is_floating_point():
         raise CheckpointError(
             f"{key}: the model expects dtype {expected.dtype} but the checkpoint has {found.dtype}"
         )
+
+
+def _shaping_fields(config: Any, expected: torch.Tensor, found: torch.Tensor) -> str:
+    """`` (check r=1048576 in adapter_config.json)`` for the integer fields whose value is a size only the model expects."""
+    if config is None or not hasattr(config, "to_dict"):
+        return " (r, target_modules)"
+    only_ours = set(expected.shape) - set(found.shape)
+    fields = [
+        f"{field}={value}"
+        for field, value in sorted(config.to_dict().items())
+        if isinstance(value, int) and not isinstance(value, bool) and value in only_ours
+    ]
+    return f" (check {', '.join(fields)} in adapter_config.json)" if fields else " (r, target_modules)"
 
 
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], assign: bool) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 from peftkit._config import ConfigError
 
 ALL_LINEAR = "all-linear"
+REGEX_BUDGET_S = 2.0  # total time a config's regex may spend matching one model's module names
 _DEFAULT_LAYER_INDEX = re.compile(r".*\.[^.]*\.(\d+)\.")
 
 
@@ -23,14 +24,44 @@ def _name_matcher(spec: str | Sequence[str] | None) -> Callable[[str], bool]:
     if spec is None:
         return lambda _name: False
     if isinstance(spec, str):
-        pattern = re.compile(spec)
-        return lambda name: pattern.fullmatch(name) is not None
+        return _bounded_regex(spec)
     exact = set(spec)
     return lambda name: (
         name in exact
         or name.rsplit(".", 1)[-1] in exact
         or any(name.endswith("." + t) for t in exact if "." in t)
     )
+
+
+def _bounded_regex(spec: str) -> Callable[[str], bool]:
+    """A full-match test for the regex ``spec`` that gives up after ``REGEX_BUDGET_S`` over all names.
+
+    A config is a stranger's text, and a pattern with catastrophic backtracking would otherwise
+    hang the load; the ``regex`` engine (``re``'s syntax) can stop a match midway.
+    """
+    import time
+
+    import regex
+
+    try:
+        pattern = regex.compile(spec)
+    except regex.error as exc:
+        raise ConfigError(f"target_modules / exclude_modules {spec!r} is not a valid regex: {exc}") from None
+    deadline: list[float] = []
+
+    def match(name: str) -> bool:
+        if not deadline:
+            deadline.append(time.monotonic() + REGEX_BUDGET_S)
+        try:
+            return pattern.fullmatch(name, timeout=max(deadline[0] - time.monotonic(), 1e-3)) is not None
+        except TimeoutError:
+            raise ConfigError(
+                f"the regex {spec!r} (target_modules / exclude_modules) took over {REGEX_BUDGET_S:g} s to match "
+                "this model's module names, so matching was stopped (catastrophic backtracking?); use a simpler "
+                "pattern or a list of module names"
+            ) from None
+
+    return match
 
 
 def _layer_index_matcher(config: Any) -> Callable[[str], bool]:

@@ -4,7 +4,10 @@ A plugin is a module named by an entry point in the ``peftkit`` group. It implem
 these hooks with ``@peftkit.hookimpl``. Heavy imports (torch, transformers) belong inside the
 objects a hook hands over, never at the plugin module's top level. A plugin that fails to import,
 whose hook raises, or that implements a hook not listed here (mark hooks from a newer peftkit
-``@hookimpl(optionalhook=True)``) is skipped and shown as broken by ``peftkit list-methods``.
+``@hookimpl(optionalhook=True)``) is skipped and shown as broken by ``peftkit list-methods``; the
+other plugins keep answering. To refuse an input on purpose (a checkpoint you recognise but cannot
+read), raise ``peftkit.CheckpointError`` or ``peftkit.ConfigError`` with the reason: those reach the
+user and do not mark the plugin broken.
 """
 
 from __future__ import annotations

@@ -170,11 +170,25 @@ class AdapterLayer(nn.Module):
         per_sample = _per_sample.current()
         if per_sample is not None:
             return self._forward_per_sample(per_sample, x, *args, **kwargs)
+        if self.merged_adapters and self.training and torch.is_grad_enabled():
+            self._refuse_training_merged()
         result = self.view.forward(x, *args, **kwargs)
         for name in self.active_adapters:
             if name not in self.merged_adapters:
                 result = self.adapter_forward(x, result, name)
         return result
+
+    def _refuse_training_merged(self) -> None:
+        """A merged adapter that should train would get no gradient (its update is inside the weight)."""
+        training = [
+            n for n in self.merged_adapters if any(p.requires_grad for p in self.adapter_parameters(n))
+        ]
+        if training:
+            raise RuntimeError(
+                f"adapter {training[0]!r} is merged into the base weights of {getattr(self, 'path', 'a layer')}, "
+                "so training cannot reach its parameters; call model.unmerge_adapter() before training "
+                "(or model.eval() / torch.no_grad() to run the merged model)"
+            )
 
     def _forward_per_sample(
         self, per_sample: _per_sample.SampleAdapters, x: torch.Tensor, *args: Any, **kwargs: Any

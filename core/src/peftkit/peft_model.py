@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from peftkit import _injection, _state_dict
+from peftkit._adapter_names import check_adapter_name
 from peftkit._config import ConfigError, PeftConfig
 from peftkit._merging import MergingMixin
 from peftkit._registry import Method
@@ -181,8 +182,10 @@ class PeftModel(MergingMixin, nn.Module):
         from peftkit._plugins import registry
 
         method = registry().by_peft_type(str(peft_config.peft_type))
-        peft_config = self._prepare_config(peft_config, method)
+        check_adapter_name(adapter_name, method.prefix)
         model = self.get_base_model()
+        _injection.check_name_free(model, adapter_name)
+        peft_config = self._prepare_config(peft_config, method)
         first = not self.peft_config
         self.peft_config[adapter_name] = peft_config
         try:
@@ -371,6 +374,8 @@ class PeftModel(MergingMixin, nn.Module):
             raise ValueError(
                 f"cannot save unknown adapter(s) {unknown}; this model has {list(self.peft_config)}"
             )
+        for name in names:
+            self._check_holds(name)
         converters: dict[str, Any] = {}
         if path_initial_model_for_weight_conversion is not None:
             if len(names) != 1:
@@ -389,15 +394,27 @@ class PeftModel(MergingMixin, nn.Module):
             )
         if not is_main_process:
             return
+        from peftkit import _io
         from peftkit._saving import save_adapter
 
-        for name in names:
-            folder = (
-                os.fspath(save_directory)
-                if name == "default"
-                else os.path.join(os.fspath(save_directory), name)
+        root = os.fspath(save_directory)
+        os.makedirs(root, exist_ok=True)
+        # Each folder is written atomically; the lock on the root keeps two multi-adapter saves from
+        # interleaving (a kill between two folders still leaves each one whole: see docs/guarantees.md).
+        with _io.folder_lock(root):
+            for name in names:
+                folder = root if name == "default" else os.path.join(root, name)
+                save_adapter(self, name, folder, transform=converters.get(name))
+
+    def _check_holds(self, name: str) -> None:
+        """Refuse to save adapter ``name`` when this wrapper no longer holds it (after merge_and_unload/unload)."""
+        method = self.method_for(name)
+        holds = any(name in m.adapter_names for m in self._adapter_modules() if isinstance(m, AdapterLayer))
+        if self.__dict__.get("_unloaded") or (method.layer is not None and not holds):
+            raise ValueError(
+                f"adapter {name!r} is no longer in this model (merge_and_unload() or unload() took its layers "
+                "out), so there is nothing to save; save before merging. Nothing was written"
             )
-            save_adapter(self, name, folder, transform=converters.get(name))
 
     @classmethod
     def from_pretrained(
@@ -412,27 +429,29 @@ class PeftModel(MergingMixin, nn.Module):
         **kwargs: Any,
     ) -> PeftModel:
         """Wrap ``model`` and load the adapter saved in ``model_id``; on error ``model`` is left as it was."""
+        from peftkit import _preflight
         from peftkit._saving import read_adapter
         from peftkit.tasks import model_class_for
 
+        check_adapter_name(adapter_name)
+        _injection.check_name_free(model, adapter_name)
         loaded_config, tensors = read_adapter(model_id, config, **kwargs)
         loaded_config = loaded_config.replace(inference_mode=not is_trainable)
         wrapper = model_class_for(loaded_config)  # a task wrapper subclass, defined in peftkit.tasks
-        trainable = {param: param.requires_grad for param in model.parameters()}
-        peft_model = wrapper(
-            model,
-            loaded_config,
-            adapter_name,
-            autocast_adapter_dtype=autocast_adapter_dtype,
-            low_cpu_mem_usage=low_cpu_mem_usage,
-        )
-        try:
+
+        def build(meta: bool) -> PeftModel:
+            return wrapper(
+                model,
+                loaded_config,
+                adapter_name,
+                autocast_adapter_dtype=autocast_adapter_dtype,
+                low_cpu_mem_usage=low_cpu_mem_usage or meta,
+            )
+
+        with _preflight.restored_on_error(model, adapter_name):
+            _preflight.check_shapes_on_meta(build, model, adapter_name, tensors)
+            peft_model = build(False)
             peft_model._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
-        except Exception:
-            peft_model.unload()
-            for param, flag in trainable.items():  # wrapping froze the base model
-                param.requires_grad_(flag)
-            raise
         if not is_trainable:
             peft_model.eval()  # as Hugging Face PEFT does: an inference load runs with dropout off
         return peft_model
@@ -446,18 +465,25 @@ class PeftModel(MergingMixin, nn.Module):
         **kwargs: Any,
     ) -> None:
         """Load another saved adapter under ``adapter_name``; on error the model is left as it was."""
+        from peftkit import _preflight
         from peftkit._saving import read_adapter
 
+        check_adapter_name(adapter_name)
+        if adapter_name in self.peft_config:
+            raise ValueError(
+                f"an adapter named {adapter_name!r} already exists; delete_adapter it first or pick another name"
+            )
         config, tensors = read_adapter(model_id, None, **kwargs)
-        trainable = {param: param.requires_grad for param in self.parameters()}
-        self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable), low_cpu_mem_usage)
-        try:
+        config = config.replace(inference_mode=not is_trainable)
+
+        def build(meta: bool) -> PeftModel:
+            self.add_adapter(adapter_name, config, low_cpu_mem_usage or meta)
+            return self
+
+        with _preflight.restored_on_error(self, adapter_name):
+            _preflight.check_shapes_on_meta(build, self, adapter_name, tensors)
+            build(False)
             self._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
-        except Exception:
-            self.delete_adapter(adapter_name)
-            for param, flag in trainable.items():  # bias="all" made base biases trainable
-                param.requires_grad_(flag)
-            raise
         if not is_trainable:
             self.eval()  # as Hugging Face PEFT does: the new adapter's dropout must not run at inference
 
