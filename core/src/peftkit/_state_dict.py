@@ -9,7 +9,8 @@ is saved under its in-memory key.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -81,17 +82,47 @@ def adapter_state_dict(peft_model: Any, name: str) -> dict[str, torch.Tensor]:
 
 
 def load_adapter_state(
-    peft_model: Any, name: str, tensors: dict[str, torch.Tensor], assign: bool = False
+    peft_model: Any,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    assign: bool = False,
+    ignore_mismatched_sizes: bool = False,
 ) -> list[str]:
     """Copy ``tensors`` (on-disk keys) into adapter ``name``; check everything before changing anything.
 
-    Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes.
-    Returns the unexpected keys, which are ignored.
+    Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes
+    (with ``ignore_mismatched_sizes`` a mismatched tensor is skipped with a warning instead, and the
+    model keeps its own). Returns the unexpected keys, which are ignored.
     """
+    return load_adapter_state_report(
+        peft_model, name, tensors, assign, ignore_mismatched_sizes, allow_missing=False
+    ).unexpected_keys
+
+
+class LoadReport(NamedTuple):
+    """What a load left out, as ``torch.nn.Module.load_state_dict`` reports it (on-disk keys)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load_adapter_state_report(
+    peft_model: Any,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    assign: bool = False,
+    ignore_mismatched_sizes: bool = False,
+    allow_missing: bool = False,
+) -> LoadReport:
+    """:func:`load_adapter_state`, reporting missing keys instead of raising when ``allow_missing``."""
     slots = adapter_slots(peft_model, name, for_load=True)
     tensors = _align_base_layer_keys(tensors, slots)
-    missing = [k for k in slots if k not in tensors]
-    if missing:
+    skipped: set[str] = set()
+    if ignore_mismatched_sizes:  # a skipped tensor keeps the model's value: it is neither loaded nor missing
+        kept = _drop_mismatched(tensors, {**slots, **_base_slots(peft_model, tensors, slots)})
+        skipped, tensors = set(tensors) - set(kept), kept
+    missing = [k for k in slots if k not in tensors and k not in skipped]
+    if missing and not allow_missing:
         raise CheckpointError(
             f"the checkpoint lacks {len(missing)} tensor(s) this adapter needs, e.g. {missing[:3]}; "
             "was it saved for a different model or config?"
@@ -116,7 +147,25 @@ def load_adapter_state(
         for module, state in per_module.values():
             # Base-model tensors (biases, embeddings) are copied in place: replacing them would untie tied weights.
             _load_into(module, state, assign and module is not base)
-    return [k for k in tensors if k not in slots]
+    return LoadReport(missing, [k for k in tensors if k not in slots])
+
+
+def _drop_mismatched(tensors: dict[str, Any], slots: dict[str, Any]) -> dict[str, Any]:
+    """``tensors`` without those whose shape differs from the model's, named in one warning if any."""
+    mismatched = {
+        key: (tuple(value.shape), tuple(slots[key][2].shape))
+        for key, value in tensors.items()
+        if key in slots and isinstance(value, torch.Tensor) and value.shape != slots[key][2].shape
+    }
+    if mismatched:
+        lines = "\n".join(
+            f"- {k}: checkpoint {found}, model {wanted}" for k, (found, wanted) in mismatched.items()
+        )
+        warnings.warn(
+            f"ignore_mismatched_sizes=True: {len(mismatched)} tensor(s) kept their values in the model "
+            f"because the checkpoint's shape differs:\n{lines}"
+        )
+    return {k: v for k, v in tensors.items() if k not in mismatched}
 
 
 def _plain(key: str) -> str:
