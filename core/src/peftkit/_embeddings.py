@@ -57,14 +57,22 @@ def embedding_tensors(peft_model: Any, adapter_name: str, mode: bool | str) -> d
         return {}
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     wanted = [m for m in (model.get_input_embeddings(), output) if m is not None]
-    tensors = {}
+    if any(isinstance(m, AdapterLayer) for m in wanted):
+        # Adapted embeddings are saved whole; the others are unchanged unless the vocabulary was resized.
+        wanted = [m for m in wanted if isinstance(m, AdapterLayer)]
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = (
+        set()
+    )  # an output embedding tied to the input one is saved once, as Hugging Face PEFT does
     for path, module in model.named_modules():
         if not any(module is m or getattr(module, "base_layer", None) is m for m in wanted):
             continue
         base = module.base_layer if isinstance(module, AdapterLayer) else module
         prefix = f"{path}.base_layer" if isinstance(module, AdapterLayer) else path
         for key, param in base.named_parameters(prefix=prefix):
-            tensors[MODEL_PREFIX + key] = param.detach()
+            if id(param) not in seen:
+                seen.add(id(param))
+                tensors[MODEL_PREFIX + key] = param.detach()
     return tensors
 
 

@@ -164,9 +164,16 @@ class PeftModel(MergingMixin, nn.Module):
 
     # --- adapters -----------------------------------------------------------------------
     def add_adapter(
-        self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False
+        self,
+        adapter_name: str,
+        peft_config: PeftConfig,
+        low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool | None = None,
     ) -> None:
-        """Add an adapter; it is trainable unless ``peft_config.inference_mode``, and inactive until set_adapter."""
+        """Add an adapter; it is trainable unless ``peft_config.inference_mode``, and inactive until set_adapter.
+
+        ``autocast_adapter_dtype`` (default: the model's setting) gives fp16/bf16 bases fp32 adapter weights.
+        """
         if adapter_name in self.peft_config:
             raise ValueError(
                 f"an adapter named {adapter_name!r} already exists; delete_adapter it first or pick another name"
@@ -178,8 +185,10 @@ class PeftModel(MergingMixin, nn.Module):
                 f"this model holds {next(iter(self.peft_config.values())).peft_type} adapters; "
                 f"cannot add a {peft_config.peft_type} adapter to it"
             )
+        from peftkit._adapter_checks import check_bias_sharing
         from peftkit._plugins import registry
 
+        check_bias_sharing(self.peft_config, adapter_name, peft_config)
         method = registry().by_peft_type(str(peft_config.peft_type))
         peft_config = self._prepare_config(peft_config, method)
         model = self.get_base_model()
@@ -201,7 +210,7 @@ class PeftModel(MergingMixin, nn.Module):
             self._drop_model_level(method, adapter_name)
             del self.peft_config[adapter_name]
             raise
-        self._cast_adapter(adapter_name)
+        self._cast_adapter(adapter_name, autocast_adapter_dtype)
         if first:
             model.requires_grad_(False)
         self.set_requires_grad(adapter_name, not peft_config.inference_mode)
@@ -231,14 +240,15 @@ class PeftModel(MergingMixin, nn.Module):
             config = resolve(prepare)(self, config)
         return config
 
-    def _cast_adapter(self, adapter_name: str) -> None:
+    def _cast_adapter(self, adapter_name: str, autocast: bool | None = None) -> None:
         """Adapter weights follow the base dtype, except that fp16/bf16 bases get fp32 adapters when autocasting."""
+        autocast = self.autocast_adapter_dtype if autocast is None else autocast
         for module in self._adapter_modules():
             if not isinstance(module, AdapterLayer) or adapter_name not in module.adapter_names:
                 continue
             base_dtype = module.view.weight_dtype
             target = base_dtype if base_dtype.is_floating_point else torch.float32
-            if self.autocast_adapter_dtype and target in (torch.float16, torch.bfloat16):
+            if autocast and target in (torch.float16, torch.bfloat16):
                 target = torch.float32
             for param in module.adapter_parameters(adapter_name):
                 if param.is_floating_point() and param.dtype != target and param.device.type != "meta":
@@ -356,12 +366,15 @@ class PeftModel(MergingMixin, nn.Module):
         safe_serialization: bool = True,
         is_main_process: bool = True,
         path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
+        save_embedding_layers: bool | str = "auto",
     ) -> None:
         """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``; non-default ones in a sub-folder.
 
         ``path_initial_model_for_weight_conversion``: the folder where an adapter whose init changed the base
         weights (LoRA's PiSSA / OLoRA) was saved before training; the adapter is then saved converted into one
         that applies to the original base model (for methods that provide this conversion).
+        ``save_embedding_layers`` (True, False, or "auto": when an adapter adapts ``embed_tokens`` / ``lm_head``)
+        also saves the model's embedding layers in full. Each folder gets a ``README.md`` model card.
         """
         if not safe_serialization:
             raise ValueError("peftkit saves safetensors only; pickled .bin adapters can run code when loaded")
@@ -389,6 +402,8 @@ class PeftModel(MergingMixin, nn.Module):
             )
         if not is_main_process:
             return
+        from peftkit._embeddings import with_embeddings
+        from peftkit._model_card import write_model_card
         from peftkit._saving import save_adapter
 
         for name in names:
@@ -397,7 +412,15 @@ class PeftModel(MergingMixin, nn.Module):
                 if name == "default"
                 else os.path.join(os.fspath(save_directory), name)
             )
-            save_adapter(self, name, folder, transform=converters.get(name))
+            transform = with_embeddings(self, name, save_embedding_layers, converters.get(name))
+            save_adapter(self, name, folder, transform=transform)
+            write_model_card(self, name, folder)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Save the adapters and upload them to the Hugging Face Hub repo ``repo_id`` (see ``peftkit._hub``)."""
+        from peftkit._hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -415,6 +438,7 @@ class PeftModel(MergingMixin, nn.Module):
         from peftkit._saving import read_adapter
         from peftkit.tasks import model_class_for
 
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         loaded_config, tensors = read_adapter(model_id, config, **kwargs)
         loaded_config = loaded_config.replace(inference_mode=not is_trainable)
         wrapper = model_class_for(loaded_config)  # a task wrapper subclass, defined in peftkit.tasks
@@ -427,7 +451,13 @@ class PeftModel(MergingMixin, nn.Module):
             low_cpu_mem_usage=low_cpu_mem_usage,
         )
         try:
-            peft_model._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
+            peft_model._load_state(
+                adapter_name,
+                tensors,
+                low_cpu_mem_usage,
+                model_id,
+                ignore_mismatched_sizes=ignore_mismatched_sizes,
+            )
         except Exception:
             peft_model.unload()
             for param, flag in trainable.items():  # wrapping froze the base model
@@ -443,16 +473,30 @@ class PeftModel(MergingMixin, nn.Module):
         adapter_name: str,
         is_trainable: bool = False,
         low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+        ignore_mismatched_sizes: bool = False,
         **kwargs: Any,
-    ) -> None:
-        """Load another saved adapter under ``adapter_name``; on error the model is left as it was."""
+    ) -> Any:
+        """Load another saved adapter under ``adapter_name``; on error the model is left as it was.
+
+        Returns ``(missing_keys, unexpected_keys)``; a missing tensor is an error, so ``missing_keys`` is empty.
+        """
         from peftkit._saving import read_adapter
+        from peftkit._state_dict import LoadReport
 
         config, tensors = read_adapter(model_id, None, **kwargs)
         trainable = {param: param.requires_grad for param in self.parameters()}
-        self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable), low_cpu_mem_usage)
+        config = config.replace(inference_mode=not is_trainable)
+        self.add_adapter(adapter_name, config, low_cpu_mem_usage, autocast_adapter_dtype)
         try:
-            self._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
+            unexpected = self._load_state(
+                adapter_name,
+                tensors,
+                low_cpu_mem_usage,
+                model_id,
+                autocast_adapter_dtype,
+                ignore_mismatched_sizes,
+            )
         except Exception:
             self.delete_adapter(adapter_name)
             for param, flag in trainable.items():  # bias="all" made base biases trainable
@@ -460,12 +504,24 @@ class PeftModel(MergingMixin, nn.Module):
             raise
         if not is_trainable:
             self.eval()  # as Hugging Face PEFT does: the new adapter's dropout must not run at inference
+        return LoadReport([], unexpected)
 
-    def _load_state(self, name: str, tensors: dict[str, torch.Tensor], assign: bool, source: Any) -> None:
-        unexpected = _state_dict.load_adapter_state(self, name, tensors, assign=assign)
+    def _load_state(
+        self,
+        name: str,
+        tensors: dict[str, torch.Tensor],
+        assign: bool,
+        source: Any,
+        autocast: bool | None = None,
+        ignore_mismatched_sizes: bool = False,
+    ) -> list[str]:
+        unexpected = _state_dict.load_adapter_state(
+            self, name, tensors, assign=assign, ignore_mismatched_sizes=ignore_mismatched_sizes
+        )
         if unexpected:
             warnings.warn(
                 f"{source}: ignored {len(unexpected)} tensor(s) this adapter does not use, e.g. {unexpected[:3]}"
             )
         if assign:
-            self._cast_adapter(name)
+            self._cast_adapter(name, autocast)
+        return unexpected
