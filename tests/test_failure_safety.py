@@ -94,12 +94,13 @@ def _run_saver(*args: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rename", [1, 2, 3, 4])
+@pytest.mark.parametrize("rename", [1, 2, 3, 4, 5])
 def test_death_at_each_rename_of_a_save(rename: int, tmp_path: Path) -> None:
-    """Dying at each rename of save 2 (pending config, weights, config; 4 = no death) leaves save 1 or save 2."""
+    """Dying at each rename of save 2 (pending config, weights, config, model card; 5 = no death) leaves save 1
+    or save 2."""
     proc = _run_saver(f"die-at-rename={rename}", str(tmp_path), "1")
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == (0 if rename == 4 else 9), err
+    assert proc.returncode == (0 if rename == 5 else 9), err
     generation = _loaded_generation(tmp_path)
     # Before the weights are replaced the old pair stands; from then on the new save is complete.
     assert generation == (1 if rename <= 2 else 2)
@@ -154,11 +155,15 @@ def test_save_that_fails_while_writing_weights_keeps_previous_adapter(
 
 
 def test_saved_folder_is_what_hugging_face_peft_reads(tmp_path: Path) -> None:
-    """The pending config is renamed away: a finished save leaves exactly the two files PEFT expects."""
+    """The pending config is renamed away: a finished save leaves exactly the files PEFT writes."""
     model = peftkit.get_peft_model(make_model("mlp"), peftkit.config("lora", r=2, target_modules=["lin0"]))
     model.save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)  # overwriting works the same way
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
 

@@ -322,4 +322,4 @@ def test_the_next_save_removes_what_killed_saves_left(saved: Path) -> None:
     (saved / ".peftkit-pending-0123456789abcdef.json").write_text("{}")
     peftkit.PeftModel.from_pretrained(tiny_llama(), saved)  # still loads
     peftkit.get_peft_model(tiny_llama(), lora()).save_pretrained(saved)
-    assert sorted(os.listdir(saved)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(saved)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]

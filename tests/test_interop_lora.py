@@ -227,8 +227,6 @@ def test_saved_files_match_peft(case: str, tmp_path: Path) -> None:
     ours.save_pretrained(tmp_path / "ours")
     peft_shapes, peft_config = _saved(tmp_path / "peft")
     our_shapes, our_config = _saved(tmp_path / "ours")
-    # peft also saves a targeted embedding layer's base weight whole (for resized vocabularies).
-    peft_shapes = {k: v for k, v in peft_shapes.items() if not k.endswith("embed_tokens.base_layer.weight")}
     assert our_shapes == peft_shapes
     assert set(peft_config) <= set(our_config)
     for name in CONFIG_FIELDS:
@@ -256,9 +254,9 @@ def test_peft_saved_embedding_weights_are_loaded(tmp_path: Path) -> None:
     assert_same(run(ours, inputs), expected)
 
 
-def test_bias_all_adapter_loads_beside_another_adapter(tmp_path: Path) -> None:
-    """Base biases are saved under in-memory keys (``k_proj.bias``); they must still load when another
-    adapter already wraps that layer (``k_proj.base_layer.bias``)."""
+def test_bias_all_adapter_from_peft_is_refused_beside_another_adapter(tmp_path: Path) -> None:
+    """Base biases are shared by every adapter, so a ``bias="all"`` adapter is refused as a model's second one
+    (it would overwrite the biases the first adapter runs with); as the only adapter it loads with them."""
     build, make_inputs = MODELS["opt"]
     inputs = make_inputs()
     ref = peft.get_peft_model(
@@ -268,9 +266,14 @@ def test_bias_all_adapter_loads_beside_another_adapter(tmp_path: Path) -> None:
     ref.save_pretrained(tmp_path)
     expected = run(ref, inputs)
     ours = peftkit.get_peft_model(build(), peftkit.config("lora", **_kwargs({"target_modules": ["k_proj"]})))
-    ours.load_adapter(tmp_path, adapter_name="b")
-    ours.set_adapter("b")
-    assert_same(run(ours, inputs), expected)
+    before = run(ours, inputs)
+    with pytest.raises(peftkit.ConfigError, match="only a model's first adapter may train them"):
+        ours.load_adapter(tmp_path, adapter_name="b")
+    assert list(ours.peft_config) == ["default"]
+    assert_same(run(ours, inputs), before)
+    # Loaded as the only adapter, the biases it trained come with it.
+    alone = peftkit.PeftModel.from_pretrained(build(), tmp_path)
+    assert_same(run(alone, inputs), expected)
 
 
 def test_seq_cls_head_is_saved_automatically(tmp_path: Path) -> None:

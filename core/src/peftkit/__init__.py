@@ -34,6 +34,11 @@ _LAZY = {
     "LayerContractError": "peftkit.layer",
     "BaseLayerView": "peftkit.views",
     "CheckpointError": "peftkit._io",
+    "inject_adapter_in_model": "peftkit.functional",
+    "get_peft_model_state_dict": "peftkit.functional",
+    "set_peft_model_state_dict": "peftkit.functional",
+    "get_base_model_state_dict": "peftkit.functional",
+    "set_base_model_state_dict": "peftkit.functional",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

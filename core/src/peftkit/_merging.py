@@ -25,6 +25,7 @@ class MergingMixin:
     def merge_adapter(self, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
         """Fold adapters (default: active) into the base weights; with ``safe_merge`` NaN/inf are caught first."""
         layers = [m for m in self._adapter_modules() if isinstance(m, AdapterLayer)]
+        _warn_if_merged(layers, adapter_names)
         if safe_merge:
             self._check_merge_safe(layers, adapter_names)
         for layer in layers:
@@ -94,3 +95,20 @@ class MergingMixin:
             return
         for layer in layers:
             layer.switch_merged(names)
+
+
+def _warn_if_merged(layers: list[AdapterLayer], adapter_names: Sequence[str] | None) -> None:
+    """Warn, as Hugging Face PEFT does, when asked to merge adapters already merged (peftkit leaves those as they are)."""
+    already = sorted(
+        {
+            name
+            for layer in layers
+            for name in (layer.active_adapters if adapter_names is None else adapter_names)
+            if name in layer.merged_adapters
+        }
+    )
+    if already:
+        warnings.warn(
+            f"adapter(s) {already} are already merged; merging them again changes nothing "
+            "(peftkit merges an adapter at most once)"
+        )

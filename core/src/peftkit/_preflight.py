@@ -8,6 +8,7 @@ it built for real. Whatever fails, the model is left as it was.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,7 +48,11 @@ def restored_on_error(owner: nn.Module, name: str) -> Iterator[None]:
 
 
 def check_shapes_on_meta(
-    build: Callable[[bool], Any], owner: nn.Module, name: str, tensors: dict[str, torch.Tensor]
+    build: Callable[[bool], Any],
+    owner: nn.Module,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    ignore_mismatched_sizes: bool = False,
 ) -> None:
     """Build adapter ``name`` on the meta device and check ``tensors`` against it; then remove it again.
 
@@ -65,7 +70,9 @@ def check_shapes_on_meta(
                 probe = build(True)
         except Exception:
             return
-        _state_dict.check_adapter_state(probe, name, tensors)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the real load gives the warnings (skipped tensors) once
+            _state_dict.check_adapter_state(probe, name, tensors, ignore_mismatched_sizes)
     finally:
         _discard(owner, name)
         for param, flag in flags.items():

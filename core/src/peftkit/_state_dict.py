@@ -9,7 +9,8 @@ is saved under its in-memory key.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -80,18 +81,35 @@ def adapter_state_dict(peft_model: Any, name: str) -> dict[str, torch.Tensor]:
     return {key: tensor.detach() for key, (_, _, tensor) in adapter_slots(peft_model, name).items()}
 
 
+class LoadReport(NamedTuple):
+    """What a load left out, as ``torch.nn.Module.load_state_dict`` reports it (on-disk keys)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
 def check_adapter_state(
-    peft_model: Any, name: str, tensors: dict[str, torch.Tensor]
-) -> tuple[dict[str, tuple[nn.Module, str, torch.Tensor]], dict[str, torch.Tensor]]:
+    peft_model: Any,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    ignore_mismatched_sizes: bool = False,
+    allow_missing: bool = False,
+) -> tuple[dict[str, tuple[nn.Module, str, torch.Tensor]], dict[str, torch.Tensor], list[str]]:
     """Check ``tensors`` (on-disk keys) against adapter ``name`` without changing anything.
 
-    Returns the slots to fill and the tensors with their keys aligned. Missing keys, shape or dtype
-    mismatches and keys naming a base weight that is not an embedding raise ``CheckpointError``.
+    Returns the slots to fill, the tensors to load (keys aligned; with ``ignore_mismatched_sizes``
+    the mismatched ones dropped with a warning) and the missing keys. Missing keys (unless
+    ``allow_missing``), shape or dtype mismatches and keys naming a base weight that is not an
+    embedding raise ``CheckpointError``.
     """
     slots = adapter_slots(peft_model, name, for_load=True)
     tensors = _align_base_layer_keys(tensors, slots)
-    missing = [k for k in slots if k not in tensors]
-    if missing:
+    skipped: set[str] = set()
+    if ignore_mismatched_sizes:  # a skipped tensor keeps the model's value: it is neither loaded nor missing
+        kept = _drop_mismatched(tensors, {**slots, **_base_slots(peft_model, tensors, slots)})
+        skipped, tensors = set(tensors) - set(kept), kept
+    missing = [k for k in slots if k not in tensors and k not in skipped]
+    if missing and not allow_missing:
         raise CheckpointError(
             f"the checkpoint lacks {len(missing)} tensor(s) this adapter needs, e.g. {missing[:3]}; "
             "was it saved for a different model or config?"
@@ -101,18 +119,39 @@ def check_adapter_state(
     for key in sorted(tensors):  # sorted: the first mismatch reported does not depend on the file's order
         if key in slots:
             _check_compatible(key, slots[key][2], tensors[key], config)
-    return slots, tensors
+    return slots, tensors, missing
 
 
 def load_adapter_state(
-    peft_model: Any, name: str, tensors: dict[str, torch.Tensor], assign: bool = False
+    peft_model: Any,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    assign: bool = False,
+    ignore_mismatched_sizes: bool = False,
 ) -> list[str]:
     """Copy ``tensors`` (on-disk keys) into adapter ``name``; check everything before changing anything.
 
-    Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes.
-    Returns the unexpected keys, which are ignored.
+    Missing keys and shape mismatches raise ``CheckpointError`` naming the key and both shapes
+    (with ``ignore_mismatched_sizes`` a mismatched tensor is skipped with a warning instead, and the
+    model keeps its own). Returns the unexpected keys, which are ignored.
     """
-    slots, tensors = check_adapter_state(peft_model, name, tensors)
+    return load_adapter_state_report(
+        peft_model, name, tensors, assign, ignore_mismatched_sizes, allow_missing=False
+    ).unexpected_keys
+
+
+def load_adapter_state_report(
+    peft_model: Any,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    assign: bool = False,
+    ignore_mismatched_sizes: bool = False,
+    allow_missing: bool = False,
+) -> LoadReport:
+    """:func:`load_adapter_state`, reporting missing keys instead of raising when ``allow_missing``."""
+    slots, tensors, missing = check_adapter_state(
+        peft_model, name, tensors, ignore_mismatched_sizes, allow_missing
+    )
     per_module: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
     for key, value in tensors.items():
         if key in slots:
@@ -129,7 +168,25 @@ def load_adapter_state(
         for module, state in per_module.values():
             # Base-model tensors (biases, embeddings) are copied in place: replacing them would untie tied weights.
             _load_into(module, state, assign and module is not base)
-    return [k for k in tensors if k not in slots]
+    return LoadReport(missing, [k for k in tensors if k not in slots])
+
+
+def _drop_mismatched(tensors: dict[str, Any], slots: dict[str, Any]) -> dict[str, Any]:
+    """``tensors`` without those whose shape differs from the model's, named in one warning if any."""
+    mismatched = {
+        key: (tuple(value.shape), tuple(slots[key][2].shape))
+        for key, value in tensors.items()
+        if key in slots and isinstance(value, torch.Tensor) and value.shape != slots[key][2].shape
+    }
+    if mismatched:
+        lines = "\n".join(
+            f"- {k}: checkpoint {found}, model {wanted}" for k, (found, wanted) in mismatched.items()
+        )
+        warnings.warn(
+            f"ignore_mismatched_sizes=True: {len(mismatched)} tensor(s) kept their values in the model "
+            f"because the checkpoint's shape differs:\n{lines}"
+        )
+    return {k: v for k, v in tensors.items() if k not in mismatched}
 
 
 def _plain(key: str) -> str:

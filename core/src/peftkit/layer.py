@@ -109,6 +109,16 @@ class AdapterLayer(nn.Module):
         return list(self.adapter_configs)
 
     @property
+    def in_features(self) -> int:
+        """The base layer's input size (channels for convolutions, vocabulary size for embeddings)."""
+        return self.view.in_features
+
+    @property
+    def out_features(self) -> int:
+        """The base layer's output size (channels for convolutions, dimension for embeddings)."""
+        return self.view.out_features
+
+    @property
     def merged(self) -> bool:
         return bool(self.merged_adapters)
 

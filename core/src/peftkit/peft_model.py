@@ -165,9 +165,16 @@ class PeftModel(MergingMixin, nn.Module):
 
     # --- adapters -----------------------------------------------------------------------
     def add_adapter(
-        self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False
+        self,
+        adapter_name: str,
+        peft_config: PeftConfig,
+        low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool | None = None,
     ) -> None:
-        """Add an adapter; it is trainable unless ``peft_config.inference_mode``, and inactive until set_adapter."""
+        """Add an adapter; it is trainable unless ``peft_config.inference_mode``, and inactive until set_adapter.
+
+        ``autocast_adapter_dtype`` (default: the model's setting) gives fp16/bf16 bases fp32 adapter weights.
+        """
         if adapter_name in self.peft_config:
             raise ValueError(
                 f"an adapter named {adapter_name!r} already exists; delete_adapter it first or pick another name"
@@ -179,8 +186,10 @@ class PeftModel(MergingMixin, nn.Module):
                 f"this model holds {next(iter(self.peft_config.values())).peft_type} adapters; "
                 f"cannot add a {peft_config.peft_type} adapter to it"
             )
+        from peftkit._adapter_checks import check_bias_sharing
         from peftkit._plugins import registry
 
+        check_bias_sharing(self.peft_config, adapter_name, peft_config)
         method = registry().by_peft_type(str(peft_config.peft_type))
         check_adapter_name(adapter_name, method.prefix)
         model = self.get_base_model()
@@ -204,7 +213,7 @@ class PeftModel(MergingMixin, nn.Module):
             self._drop_model_level(method, adapter_name)
             del self.peft_config[adapter_name]
             raise
-        self._cast_adapter(adapter_name)
+        self._cast_adapter(adapter_name, autocast_adapter_dtype)
         if first:
             model.requires_grad_(False)
         self.set_requires_grad(adapter_name, not peft_config.inference_mode)
@@ -234,14 +243,15 @@ class PeftModel(MergingMixin, nn.Module):
             config = resolve(prepare)(self, config)
         return config
 
-    def _cast_adapter(self, adapter_name: str) -> None:
+    def _cast_adapter(self, adapter_name: str, autocast: bool | None = None) -> None:
         """Adapter weights follow the base dtype, except that fp16/bf16 bases get fp32 adapters when autocasting."""
+        autocast = self.autocast_adapter_dtype if autocast is None else autocast
         for module in self._adapter_modules():
             if not isinstance(module, AdapterLayer) or adapter_name not in module.adapter_names:
                 continue
             base_dtype = module.view.weight_dtype
             target = base_dtype if base_dtype.is_floating_point else torch.float32
-            if self.autocast_adapter_dtype and target in (torch.float16, torch.bfloat16):
+            if autocast and target in (torch.float16, torch.bfloat16):
                 target = torch.float32
             for param in module.adapter_parameters(adapter_name):
                 if param.is_floating_point() and param.dtype != target and param.device.type != "meta":
@@ -359,12 +369,15 @@ class PeftModel(MergingMixin, nn.Module):
         safe_serialization: bool = True,
         is_main_process: bool = True,
         path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
+        save_embedding_layers: bool | str = "auto",
     ) -> None:
         """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``; non-default ones in a sub-folder.
 
         ``path_initial_model_for_weight_conversion``: the folder where an adapter whose init changed the base
         weights (LoRA's PiSSA / OLoRA) was saved before training; the adapter is then saved converted into one
         that applies to the original base model (for methods that provide this conversion).
+        ``save_embedding_layers`` (True, False, or "auto": when an adapter adapts ``embed_tokens`` / ``lm_head``)
+        also saves the model's embedding layers in full. Each folder gets a ``README.md`` model card.
         """
         if not safe_serialization:
             raise ValueError("peftkit saves safetensors only; pickled .bin adapters can run code when loaded")
@@ -395,6 +408,8 @@ class PeftModel(MergingMixin, nn.Module):
         if not is_main_process:
             return
         from peftkit import _io
+        from peftkit._embeddings import with_embeddings
+        from peftkit._model_card import write_model_card
         from peftkit._saving import save_adapter
 
         root = os.fspath(save_directory)
@@ -404,7 +419,9 @@ class PeftModel(MergingMixin, nn.Module):
         with _io.folder_lock(root):
             for name in names:
                 folder = root if name == "default" else os.path.join(root, name)
-                save_adapter(self, name, folder, transform=converters.get(name))
+                transform = with_embeddings(self, name, save_embedding_layers, converters.get(name))
+                save_adapter(self, name, folder, transform=transform)
+                write_model_card(self, name, folder)
 
     def _check_holds(self, name: str) -> None:
         """Refuse to save adapter ``name`` when this wrapper no longer holds it (after merge_and_unload/unload)."""
@@ -415,6 +432,12 @@ class PeftModel(MergingMixin, nn.Module):
                 f"adapter {name!r} is no longer in this model (merge_and_unload() or unload() took its layers "
                 "out), so there is nothing to save; save before merging. Nothing was written"
             )
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Save the adapters and upload them to the Hugging Face Hub repo ``repo_id`` (see ``peftkit._hub``)."""
+        from peftkit._hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -435,6 +458,7 @@ class PeftModel(MergingMixin, nn.Module):
 
         check_adapter_name(adapter_name)
         _injection.check_name_free(model, adapter_name)
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         loaded_config, tensors = read_adapter(model_id, config, **kwargs)
         loaded_config = loaded_config.replace(inference_mode=not is_trainable)
         wrapper = model_class_for(loaded_config)  # a task wrapper subclass, defined in peftkit.tasks
@@ -449,9 +473,17 @@ class PeftModel(MergingMixin, nn.Module):
             )
 
         with _preflight.restored_on_error(model, adapter_name):
-            _preflight.check_shapes_on_meta(build, model, adapter_name, tensors)
+            _preflight.check_shapes_on_meta(
+                build, model, adapter_name, tensors, ignore_mismatched_sizes=ignore_mismatched_sizes
+            )
             peft_model = build(False)
-            peft_model._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
+            peft_model._load_state(
+                adapter_name,
+                tensors,
+                low_cpu_mem_usage,
+                model_id,
+                ignore_mismatched_sizes=ignore_mismatched_sizes,
+            )
         if not is_trainable:
             peft_model.eval()  # as Hugging Face PEFT does: an inference load runs with dropout off
         return peft_model
@@ -462,11 +494,17 @@ class PeftModel(MergingMixin, nn.Module):
         adapter_name: str,
         is_trainable: bool = False,
         low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+        ignore_mismatched_sizes: bool = False,
         **kwargs: Any,
-    ) -> None:
-        """Load another saved adapter under ``adapter_name``; on error the model is left as it was."""
+    ) -> Any:
+        """Load another saved adapter under ``adapter_name``; on error the model is left as it was.
+
+        Returns ``(missing_keys, unexpected_keys)``; a missing tensor is an error, so ``missing_keys`` is empty.
+        """
         from peftkit import _preflight
         from peftkit._saving import read_adapter
+        from peftkit._state_dict import LoadReport
 
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
@@ -477,21 +515,42 @@ class PeftModel(MergingMixin, nn.Module):
         config = config.replace(inference_mode=not is_trainable)
 
         def build(meta: bool) -> PeftModel:
-            self.add_adapter(adapter_name, config, low_cpu_mem_usage or meta)
+            self.add_adapter(adapter_name, config, low_cpu_mem_usage or meta, autocast_adapter_dtype)
             return self
 
         with _preflight.restored_on_error(self, adapter_name):
-            _preflight.check_shapes_on_meta(build, self, adapter_name, tensors)
+            _preflight.check_shapes_on_meta(
+                build, self, adapter_name, tensors, ignore_mismatched_sizes=ignore_mismatched_sizes
+            )
             build(False)
-            self._load_state(adapter_name, tensors, low_cpu_mem_usage, model_id)
+            unexpected = self._load_state(
+                adapter_name,
+                tensors,
+                low_cpu_mem_usage,
+                model_id,
+                autocast_adapter_dtype,
+                ignore_mismatched_sizes,
+            )
         if not is_trainable:
             self.eval()  # as Hugging Face PEFT does: the new adapter's dropout must not run at inference
+        return LoadReport([], unexpected)
 
-    def _load_state(self, name: str, tensors: dict[str, torch.Tensor], assign: bool, source: Any) -> None:
-        unexpected = _state_dict.load_adapter_state(self, name, tensors, assign=assign)
+    def _load_state(
+        self,
+        name: str,
+        tensors: dict[str, torch.Tensor],
+        assign: bool,
+        source: Any,
+        autocast: bool | None = None,
+        ignore_mismatched_sizes: bool = False,
+    ) -> list[str]:
+        unexpected = _state_dict.load_adapter_state(
+            self, name, tensors, assign=assign, ignore_mismatched_sizes=ignore_mismatched_sizes
+        )
         if unexpected:
             warnings.warn(
                 f"{source}: ignored {len(unexpected)} tensor(s) this adapter does not use, e.g. {unexpected[:3]}"
             )
         if assign:
-            self._cast_adapter(name)
+            self._cast_adapter(name, autocast)
+        return unexpected

@@ -17,6 +17,7 @@ inits that rewrite the base weight (``pissa.py``) live in their own modules; ``s
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -65,6 +66,11 @@ class LoraLayer(AdapterLayer):
         self.lora_dropout[name] = (
             nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         )
+        if config.lora_bias and self.view.bias is None:
+            warnings.warn(
+                f"lora_bias=True on {getattr(self, 'path', 'a layer')}: the targeted layer of type "
+                f"{self.view.layer_type} has no bias, so this adapter cannot be merged into it"
+            )
         self.kind.create(self, name, r, config)
         if config.changes_base_weights:
             pissa.init_from_base(self, name, config.init_lora_weights)
