@@ -56,16 +56,27 @@ class SampleAdapters:
 _CURRENT: ContextVar[SampleAdapters | None] = ContextVar("peftkit_sample_adapters", default=None)
 
 
+# How many per-sample calls are in progress in this process. A plain global, so the ordinary
+# forward (no adapter_names) never reads the context variable, which torch.compile cannot trace:
+# Dynamo guards on this staying 0 instead.
+_IN_PROGRESS = 0
+
+
 def current() -> SampleAdapters | None:
     """The per-sample adapter names of the call in progress, or None outside such a call."""
+    if _IN_PROGRESS == 0:
+        return None
     return _CURRENT.get()
 
 
 @contextmanager
 def sample_adapters(names: Sequence[str], repeat: int = 1) -> Iterator[SampleAdapters]:
     """Use ``names`` (one per sample; ``repeat`` copies each for beam search) in every adapter layer inside the block."""
+    global _IN_PROGRESS
     token = _CURRENT.set(SampleAdapters(names, repeat))
+    _IN_PROGRESS += 1
     try:
         yield _CURRENT.get()
     finally:
+        _IN_PROGRESS -= 1
         _CURRENT.reset(token)

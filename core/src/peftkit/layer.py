@@ -98,6 +98,32 @@ class AdapterLayer(nn.Module):
     def is_additive(self) -> bool:
         return type(self).merged_weight is AdapterLayer.merged_weight
 
+    # --- hot-swapping (peftkit.hotswap_adapter) -------------------------------------------
+    #: Config fields a hot-swap may change (the layer adapts to them in ``hotswap_config``); any other
+    #: field that differs between the loaded adapter and the new one refuses the swap.
+    hotswap_settings: tuple[str, ...] = ()
+
+    def prepare_hotswap(self, target_rank: int | None) -> None:
+        """Make later swaps of other adapters' weights need no recompilation (LoRA: pad ranks, tensor scalings).
+
+        The default does nothing: methods whose tensor shapes are fixed by the layer swap as they are.
+        """
+
+    def check_hotswap(self, name: str, key: str, current: torch.Tensor, new: torch.Tensor) -> str | None:
+        """Why ``new`` cannot replace tensor ``key`` (in-memory key) of adapter ``name`` in place, or None."""
+        if tuple(current.shape) != tuple(new.shape):
+            return f"shape {tuple(new.shape)} does not fit the loaded {tuple(current.shape)}"
+        if current.is_floating_point() != new.is_floating_point():
+            return f"dtype {new.dtype} does not fit the loaded {current.dtype}"
+        return None
+
+    def hotswap_tensor(self, name: str, key: str, current: torch.Tensor, new: torch.Tensor) -> None:
+        """Write ``new`` into ``current`` in place (same storage, so a compiled graph keeps reading it)."""
+        current.copy_(new)
+
+    def hotswap_config(self, name: str, config: Any) -> None:
+        """Adopt the new adapter's ``hotswap_settings`` (LoRA: its scaling) after its tensors were swapped in."""
+
     # --- bookkeeping ---------------------------------------------------------------------
     def add_adapter(self, name: str, config: Any) -> None:
         """Create adapter ``name``; it starts inactive and untrainable (the model decides both)."""

@@ -56,7 +56,8 @@ class PeftModel(MergingMixin, nn.Module):
         super().__init__()
         self.base_model = AdaptedModel(model)
         self.peft_config: dict[str, PeftConfig] = {}
-        self.active_adapters: list[str] = []
+        self._adapters_disabled = False
+        self.active_adapters = []
         self.autocast_adapter_dtype = autocast_adapter_dtype
         self.add_adapter(adapter_name, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
         self.set_adapter(adapter_name)
@@ -104,11 +105,25 @@ class PeftModel(MergingMixin, nn.Module):
     def active_peft_config(self) -> PeftConfig:
         return self.peft_config[self.active_adapter]
 
+    @property
+    def active_adapters(self) -> list[str]:
+        """The adapters forward uses, in order."""
+        return self._active_adapters
+
+    @active_adapters.setter
+    def active_adapters(self, names: Sequence[str]) -> None:
+        # The active method's _forward/_generate hooks are looked up here, once, and kept as plain
+        # attributes: forward then does no registry work that torch.compile would have to trace.
+        self._active_adapters = list(names)
+        first = self._active_adapters[0] if self._active_adapters else None
+        self._forward_hook = None if first is None else self._method_hook(first, "_forward")
+        self._generate_hook = None if first is None else self._method_hook(first, "_generate")
+
     def _call_hook(self, name: str) -> Any:
         """The active method's ``_forward``/``_generate`` hook bound to this model, or None (also while disabled)."""
-        if self.__dict__.get("_adapters_disabled") or not self.active_adapters:
+        if self._adapters_disabled:
             return None
-        return self._method_hook(self.active_adapter, name)
+        return self._forward_hook if name == "_forward" else self._generate_hook
 
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The wrapped model's forward; ``adapter_names`` (one per sample, ``"__base__"`` for none) mixes adapters in a batch."""

@@ -493,6 +493,51 @@ class ConformanceSuite:
         model.to("cpu")
         assert torch.equal(_run(model, x), expected), "a move to a device and back changed the outputs"
 
+    # --- 13. torch.compile ---------------------------------------------------------------------
+    #: The Dynamo backend the compile behaviour uses; "aot_eager" traces forward and backward
+    #: through AOTAutograd without generating code, which keeps the suite fast.
+    compile_backend: ClassVar[str] = "aot_eager"
+
+    def test_compiles_as_one_graph(self, case: Case) -> None:
+        """``torch.compile(model, fullgraph=True)`` traces the adapted forward as one graph (eval and
+        training, one or several active adapters, adapters disabled) with eager's outputs and gradients."""
+        import torch._dynamo as dynamo
+
+        x = make_inputs(case.model)
+        model = self.wrap(case, self.random_init)
+        for module in model.modules():  # random masks would differ between the two runs compared
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        dynamo.reset()
+        explained = dynamo.explain(model.eval())(x)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (
+            f"{explained.graph_count} graphs, breaks: {[str(b.reason)[:200] for b in explained.break_reasons]}"
+        )
+        compiled = torch.compile(model, backend=self.compile_backend, fullgraph=True)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+            with model.disable_adapter():
+                torch.testing.assert_close(compiled(x), _run(make_model(case.model), x), atol=1e-5, rtol=1e-5)
+        model.train()
+        eager_grads = self._grads(model, model, x)
+        compiled_grads = self._grads(model, compiled, x)
+        assert eager_grads.keys() == compiled_grads.keys() and eager_grads
+        for name, grad in eager_grads.items():
+            torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        torch.manual_seed(1)
+        model.add_adapter("other", self._second_config(case))
+        model.set_adapter(["default", "other"])
+        model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+        dynamo.reset()
+
+    @staticmethod
+    def _grads(model: nn.Module, run: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        run(x).float().pow(2).mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
 
 # --- module-level helpers ----------------------------------------------------------------------
 

@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit import AdapterLayer
-from peftkit_lora import dora, pissa
+from peftkit_lora import dora, hotswap, pissa
 
 
 class LoraLayer(AdapterLayer):
     adapter_dicts = ("scaling", "r", "initial_scaling", "dora_norms")
+    # A hot-swap may bring another rank (up to the loaded one) and alpha: see hotswap.py.
+    hotswap_settings = ("r", "lora_alpha", "rank_pattern", "alpha_pattern")
 
     def __init__(self, base_layer: nn.Module, view: Any) -> None:
         super().__init__(base_layer, view)
@@ -91,7 +93,8 @@ class LoraLayer(AdapterLayer):
             return
         # W += alpha * scaling * B @ A as one fused matmul-accumulate: no weight-sized delta is built.
         A, B = self.lora_A[name].weight.detach(), self.lora_B[name].weight.detach()
-        self.view.update_weight(lambda w: w.addmm_(B, A, alpha=alpha * self.scaling[name]), A.dtype)
+        scale = alpha * float(self.scaling[name])
+        self.view.update_weight(lambda w: w.addmm_(B, A, alpha=scale), A.dtype)
 
     def delta_bias(self, name: str) -> torch.Tensor | None:
         if name in self.lora_B and self.lora_B[name].bias is not None:
@@ -112,6 +115,19 @@ class LoraLayer(AdapterLayer):
         if name in self.lora_magnitude_vector:
             return dora.unmerged_weight(self, weight, name)
         return weight - self.delta_weight(name).to(weight.dtype)
+
+    # --- hot-swapping (peftkit.hotswap_adapter) -------------------------------------------
+    def prepare_hotswap(self, target_rank: int | None) -> None:
+        hotswap.prepare(self, target_rank)
+
+    def check_hotswap(self, name: str, key: str, current: torch.Tensor, new: torch.Tensor) -> str | None:
+        return hotswap.check(current, new, key)
+
+    def hotswap_tensor(self, name: str, key: str, current: torch.Tensor, new: torch.Tensor) -> None:
+        hotswap.write(current, new, key)
+
+    def hotswap_config(self, name: str, config: Any) -> None:
+        hotswap.adopt_scaling(self, name, config)
 
     # --- scaling ---------------------------------------------------------------------------
     def set_scale(self, adapter: str, scale: float) -> None:
@@ -145,7 +161,11 @@ class _LinearKind:
     def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
         lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
         h = lora_A(layer.lora_dropout[name](x.to(lora_A.weight.dtype)))
-        if lora_B.bias is None and h.dtype == result.dtype:
+        if (
+            lora_B.bias is None
+            and h.dtype == result.dtype
+            and not isinstance(layer.scaling[name], torch.Tensor)
+        ):
             # result + scaling * h @ B^T in one fused kernel (no scaled copy, no separate add).
             flat = torch.addmm(
                 result.reshape(-1, result.shape[-1]),

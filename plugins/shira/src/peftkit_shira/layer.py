@@ -106,7 +106,15 @@ class ShiraLayer(AdapterLayer):
     def adapter_forward(self, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
         values = self.shira_weight[name]
         x2d = x.reshape(-1, self.view.in_features).to(values.dtype)
-        delta = self.pattern(name).matmul(x2d, values).to(result.dtype)
+        if torch.compiler.is_compiling():
+            # Under torch.compile: gather / index_add from the index buffer, ops Dynamo traces into one
+            # graph (the CSR pattern is built and checked in Python, with data-dependent branches).
+            indices = self.shira_indices[name]
+            rows, cols = indices[0].long(), indices[1].long()
+            zeros = x2d.new_zeros(x2d.shape[0], self.view.out_features)
+            delta = zeros.index_add(1, rows, x2d[:, cols] * values).to(result.dtype)
+        else:
+            delta = self.pattern(name).matmul(x2d, values).to(result.dtype)
         # The product may come transposed: add it to a 2-d view of the result rather than copy it into shape.
         return (result.reshape(-1, self.view.out_features) + delta).view(result.shape)
 
