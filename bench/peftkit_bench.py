@@ -60,6 +60,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 LIBRARIES = ("peftkit", "peft")
 FLOOR = "floor"
 STEPS = "steps"  # the child that times every library's training step of one method, taking turns
+COMPILED = "+compile"  # suffix of a contestant whose training step runs through torch.compile
 MEMORY_STEPS = 3  # training steps over which the resident-set peak is taken
 TIMES = ("create_s", "step_s", "merge_s", "save_s", "load_s")
 MEMORY = ("peak_mib", "tensor_mib")
@@ -295,14 +296,16 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def _trainer(model: Any) -> Callable[[Any], None]:
+def _trainer(model: Any, run: Any = None) -> Callable[[Any], None]:
+    """One AdamW training step of ``model``'s trainable parameters, calling ``run`` (default: the model)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+    run = model if run is None else run
 
     def step(ids: Any) -> None:
-        model(input_ids=ids, labels=ids).loss.backward()
+        run(input_ids=ids, labels=ids).loss.backward()
         if optimizer is not None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -348,10 +351,13 @@ def run_steps(method: str, s: dict[str, Any]) -> dict[str, list[float]]:
     """
     pristine = build_base(s)
     ids = _ids(s, pristine.config.vocab_size)
-    steppers = {FLOOR: _trainer(_frozen_floor(copy.deepcopy(pristine)).train())}
+    models = {FLOOR: _frozen_floor(copy.deepcopy(pristine)).train()}
     for library in s["libraries"]:
         lib = Library(library, method, method_options(method, s["method_options"]))
-        steppers[library] = _trainer(lib.create(copy.deepcopy(pristine)).train())
+        models[library] = lib.create(copy.deepcopy(pristine)).train()
+    steppers = {name: _trainer(model) for name, model in models.items()}
+    if s.get("compile"):
+        steppers.update(_compiled_steppers(models, ids))
     names = list(steppers)
     for name in names:
         steppers[name](ids)  # warm-up: gradients and optimizer state
@@ -360,6 +366,26 @@ def run_steps(method: str, s: dict[str, Any]) -> dict[str, list[float]]:
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
             times[name].append(_timed(lambda n=name: steppers[n](ids))[0])
     return times
+
+
+def _compiled_steppers(models: dict[str, Any], ids: Any) -> dict[str, Callable[[Any], None]]:
+    """``<name>+compile``: each model's training step through ``torch.compile`` (inductor), compiled here.
+
+    A model that does not compile is left out (its row shows no compiled figure).
+    """
+    import torch
+
+    steppers = {}
+    for name, model in models.items():
+        compiled = torch.compile(model)
+        step = _trainer(model, run=compiled)
+        try:
+            step(ids)  # compiles: not timed
+        except Exception as exc:
+            print(f"{name} does not compile: {type(exc).__name__}: {exc}"[:300], file=sys.stderr)
+            continue
+        steppers[f"{name}{COMPILED}"] = step
+    return steppers
 
 
 def run_child(label: str, s: dict[str, Any]) -> dict[str, Any]:
@@ -446,7 +472,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("repeats", "inner", "steps"):
         if getattr(args, name) < 1:
             raise _user_error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    keys = ("model", "hidden", "layers", "vocab", "batch", "seq", "repeats", "inner", "steps", "threads")
+    keys = ("model", "hidden", "layers", "vocab", "batch", "seq", "repeats", "inner", "steps", "threads", "compile")
     return {**{k: getattr(args, k) for k in keys}, "method_options": overrides}
 
 
@@ -518,6 +544,12 @@ def _step_times(runs: list[dict[str, list[float]]], name: str) -> dict[str, Any]
 def _result(method: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     steps = runs[f"{STEPS}:{method}"]
     row: dict[str, Any] = {"method": method, "floor_step_s": _step_times(steps, FLOOR)["step_s"]}
+    compiled = {
+        name: _step_times(steps, name + COMPILED)["step_s"] if name + COMPILED in steps[0] else None
+        for name in (FLOOR, *LIBRARIES)
+    }
+    if any(v is not None for v in compiled.values()):
+        row["compiled_step_s"] = compiled
     for lib in LIBRARIES:
         label = f"{lib}:{method}"
         row[lib] = {**_medians(runs[label]), **_step_times(steps, lib)} if label in runs else None
@@ -645,7 +677,31 @@ def text_report(doc: dict[str, Any]) -> str:
         "",
         f"ratio = peftkit / peft (same run); targets: {targets} (SHiRA step <= 0.8); '!' marks a miss",
     ]
+    lines += _compile_report(doc)
     return "\n".join(lines)
+
+
+def _compile_report(doc: dict[str, Any]) -> list[str]:
+    """The ``--compile`` table: eager and compiled training step per method and library, and the floor's."""
+    rows = [r for r in doc["results"] if r.get("compiled_step_s")]
+    if not rows:
+        return []
+    lines = ["", "torch.compile (inductor) training step, ms: eager -> compiled (compiled / eager; over the eager floor)"]
+    for r in rows:
+        floor = r["floor_step_s"]
+        for name in (*LIBRARIES, FLOOR):
+            compiled = r["compiled_step_s"].get(name)
+            eager = floor if name == FLOOR else (r[name] or {}).get("step_s")
+            if eager is None:
+                continue
+            if compiled is None:
+                lines.append(f"  {r['method']:6} {name:8} {eager * 1e3:8.1f} -> does not compile")
+                continue
+            lines.append(
+                f"  {r['method']:6} {name:8} {eager * 1e3:8.1f} -> {compiled * 1e3:8.1f}"
+                f"  ({compiled / eager:.2f}; {eager / floor:.2f} -> {compiled / floor:.2f} of the floor)"
+            )
+    return lines
 
 
 def draw_chart(doc: dict[str, Any], path: str) -> None:

@@ -67,3 +67,42 @@ def test_a_lora_training_step_under_inductor_matches_eager() -> None:
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
     dynamo.reset()
+
+
+@pytest.mark.parametrize("case", list(METHODS))
+def test_per_sample_adapter_batches_compile_as_one_graph_per_grouping(case: str) -> None:
+    model = _model(case).eval()
+    torch.manual_seed(1)
+    method = case.split("-")[0]
+    model.add_adapter("b", peftkit.config(method, target_modules=["q_proj", "v_proj"], **METHODS[case]))
+    inputs, names = text_inputs(), ["b", "default"]
+    dynamo.reset()
+    explained = dynamo.explain(model)(**inputs, adapter_names=names)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons[:3]
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        expected = model(**inputs, adapter_names=names).logits
+        torch.testing.assert_close(compiled(**inputs, adapter_names=names).logits, expected, atol=1e-5, rtol=1e-5)
+        with dynamo.config.patch(error_on_recompile=True):  # the same grouping again reuses the graph
+            torch.testing.assert_close(
+                compiled(**inputs, adapter_names=list(names)).logits, expected, atol=1e-5, rtol=1e-5
+            )
+    dynamo.reset()
+
+
+PROMPT_METHODS = {"prompt_tuning": {}, "p_tuning": {"encoder_hidden_size": 16}, "prefix_tuning": {}}
+
+
+@pytest.mark.parametrize("method", list(PROMPT_METHODS))
+def test_prompt_learning_compiles_as_one_graph_with_eager_outputs(method: str) -> None:
+    torch.manual_seed(0)
+    config = peftkit.config(method, task_type="CAUSAL_LM", num_virtual_tokens=4, **PROMPT_METHODS[method])
+    model = peftkit.get_peft_model(tiny_llama(), config).eval()
+    inputs = text_inputs()
+    dynamo.reset()
+    explained = dynamo.explain(model)(**inputs)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons[:3]
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
+    dynamo.reset()

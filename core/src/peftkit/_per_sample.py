@@ -62,8 +62,19 @@ _CURRENT: ContextVar[SampleAdapters | None] = ContextVar("peftkit_sample_adapter
 _IN_PROGRESS = 0
 
 
+_TRACED: SampleAdapters | None = None  # the names of a per-sample call torch.compile is tracing
+
+
+def set_traced(adapters: SampleAdapters | None) -> None:
+    """Set (or clear) the per-sample names of a call under torch.compile (see PeftModel._traced_per_sample)."""
+    global _TRACED
+    _TRACED = adapters
+
+
 def current() -> SampleAdapters | None:
     """The per-sample adapter names of the call in progress, or None outside such a call."""
+    if torch.compiler.is_compiling():
+        return _TRACED
     if _IN_PROGRESS == 0:
         return None
     return _CURRENT.get()

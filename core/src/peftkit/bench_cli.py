@@ -52,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--method-options", default="{}", help=DEFAULT_METHOD_OPTIONS_HELP)
     p.add_argument("--no-peft", action="store_true", help="measure peftkit alone even if peft is installed")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time every training step under torch.compile (inductor): peftkit, peft and the frozen floor",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     p.add_argument(
         "--chart", metavar="PNG", help="also draw the peftkit/peft ratios into this PNG (matplotlib)"

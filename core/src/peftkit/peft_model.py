@@ -133,8 +133,25 @@ class PeftModel(MergingMixin, nn.Module):
             return hook(*args, **extra, **kwargs)
         if adapter_names is None:
             return self.get_base_model()(*args, **kwargs)
+        if torch.compiler.is_compiling():
+            return self._traced_per_sample(adapter_names, args, kwargs)
         with self._per_sample_adapters(adapter_names):
             return self.get_base_model()(*args, **kwargs)
+
+    def _traced_per_sample(self, adapter_names: Sequence[str], args: Any, kwargs: dict[str, Any]) -> Any:
+        """``adapter_names`` under torch.compile: a plain global Dynamo traces (one graph per grouping).
+
+        The eager path keeps a context variable, which Dynamo cannot read; a compiled call runs in
+        one thread, so the global is enough there.
+        """
+        from peftkit import _per_sample
+
+        self._check_sample_names(adapter_names)
+        _per_sample.set_traced(_per_sample.SampleAdapters(adapter_names))
+        try:
+            return self.get_base_model()(*args, **kwargs)
+        finally:
+            _per_sample.set_traced(None)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The wrapped model's ``generate``; ``adapter_names`` as in :meth:`forward`, repeated per beam for you."""
@@ -160,6 +177,13 @@ class PeftModel(MergingMixin, nn.Module):
     def _per_sample_adapters(self, adapter_names: Sequence[str], repeat: int = 1) -> Iterator[None]:
         from peftkit import _per_sample
 
+        self._check_sample_names(adapter_names)
+        with _per_sample.sample_adapters(adapter_names, repeat):
+            yield
+
+    def _check_sample_names(self, adapter_names: Sequence[str]) -> None:
+        from peftkit import _per_sample
+
         if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
             raise TypeError(
                 f"adapter_names must be a list of adapter names, one per sample; got {adapter_names!r}"
@@ -172,8 +196,6 @@ class PeftModel(MergingMixin, nn.Module):
                 f"adapter_names names unknown adapter(s) {unknown}; this model has {list(self.peft_config)} "
                 f"(use {_per_sample.BASE!r} for the base model)"
             )
-        with _per_sample.sample_adapters(adapter_names, repeat):
-            yield
 
     def _adapter_modules(self) -> Iterator[AdapterLayer | ModulesToSave]:
         return _injection.adapter_modules(self.get_base_model())
