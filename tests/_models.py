@@ -123,6 +123,34 @@ def tiny_convnet(seed: int = SEED) -> nn.Module:
     return _seeded(TinyConvNet, seed)
 
 
+class TinyGroupedConvNet(nn.Module):
+    """Two grouped ``Conv2d`` layers (``groups=2`` and ``groups=4``) and a linear head.
+
+    Input: images of shape ``(batch, 4, 6, 6)``, from :func:`grouped_conv_inputs`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(4, 8, kernel_size=3, padding=1, groups=2)
+        self.conv_b = nn.Conv2d(8, 8, kernel_size=3, padding=1, groups=4)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv_b(torch.relu(self.conv_a(x))))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def tiny_grouped_convnet(seed: int = SEED) -> nn.Module:
+    """A :class:`TinyGroupedConvNet` with seeded random weights."""
+    return _seeded(TinyGroupedConvNet, seed)
+
+
+def grouped_conv_inputs(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    """Images for :class:`TinyGroupedConvNet`."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, 6, 6, generator=gen)
+
+
 def text_inputs(batch: int = 2, length: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
     """Token ids and a padding mask (last position of the second row masked) for a text model."""
     gen = torch.Generator().manual_seed(seed)

@@ -1,6 +1,7 @@
 """LoRA features beyond plain adapters, checked against Hugging Face ``peft`` (the test-only oracle).
 
-* DoRA adapters move between the two libraries with the same logits (Linear, Conv2d, GPT-2 Conv1D).
+* DoRA adapters move between the two libraries with the same logits (Linear, Conv2d, GPT-2 Conv1D,
+  embeddings, grouped Conv2d); merged weights match too, and grouped convolutions refuse to merge.
 * Mixed-adapter batches: ``adapter_names=["a", "b", "__base__", "a"]`` gives each sample the output
   of its adapter alone, in forward and in ``generate`` (greedy and beam search, decoder-only and
   encoder-decoder), and the same as peft's own mixed batches.
@@ -17,18 +18,37 @@ from typing import Any
 import peft
 import pytest
 import torch
-from _models import MODELS, conv_inputs, run, text_inputs, tiny_convnet, tiny_t5
+from _models import (
+    MODELS,
+    conv_inputs,
+    grouped_conv_inputs,
+    run,
+    text_inputs,
+    tiny_convnet,
+    tiny_grouped_convnet,
+    tiny_t5,
+)
 from torch import nn
 
 import peftkit
 
 ATOL = 1e-5
-BUILDERS = {**MODELS, "conv": (tiny_convnet, conv_inputs)}
+BUILDERS = {
+    **MODELS,
+    "conv": (tiny_convnet, conv_inputs),
+    "grouped-conv": (tiny_grouped_convnet, grouped_conv_inputs),
+}
 
 DORA_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "linear": ("llama", {"target_modules": ["q_proj", "v_proj", "down_proj"]}),
     "gpt2-conv1d": ("gpt2", {"target_modules": ["c_attn", "c_fc"], "fan_in_fan_out": True}),
     "conv2d": ("conv", {"target_modules": ["conv2d", "conv1d", "head"]}),
+    "embedding": (
+        "llama",
+        {"target_modules": ["embed_tokens", "q_proj"], "rank_pattern": {"embed_tokens": 2}},
+    ),
+    # wpe, not wte: GPT-2 ties wte to its output layer, so merging into wte would change the head too.
+    "gpt2-embedding": ("gpt2", {"target_modules": ["wpe", "c_attn"], "fan_in_fan_out": True}),
     "rslora-patterns": (
         "opt",
         {
@@ -101,10 +121,76 @@ def test_peftkit_dora_adapter_loads_in_peft(case: str, tmp_path: Path) -> None:
     _close(run(ref, inputs), expected)
 
 
-def test_dora_init_matches_peft() -> None:
+# Grouped convolutions: LoRA cannot be merged into them (in peft either), so they are compared unmerged.
+GROUPED_DORA = {"target_modules": ["conv_a", "conv_b", "head"], "use_dora": True}
+
+
+def test_peft_grouped_conv_dora_adapter_loads_in_peftkit(tmp_path: Path) -> None:
+    build, make_inputs = BUILDERS["grouped-conv"]
+    inputs = make_inputs()
+    ref = peft.get_peft_model(build(), peft.LoraConfig(**_lora_kwargs(GROUPED_DORA)))
+    _perturb(ref)
+    ref.save_pretrained(tmp_path)
+    expected = run(ref, inputs)
+    assert (expected - run(build(), inputs)).abs().max() > 1e-3
+    ours = peftkit.PeftModel.from_pretrained(build(), tmp_path)
+    _close(run(ours, inputs), expected)
+    conv_b = ours.get_base_model().conv_b
+    assert tuple(conv_b.lora_magnitude_vector["default"].shape) == (1, 8, 1, 1)
+
+
+def test_peftkit_grouped_conv_dora_adapter_loads_in_peft(tmp_path: Path) -> None:
+    build, make_inputs = BUILDERS["grouped-conv"]
+    inputs = make_inputs()
+    ours = peftkit.get_peft_model(build(), peftkit.config("lora", **_lora_kwargs(GROUPED_DORA)))
+    _perturb(ours)
+    ours.save_pretrained(tmp_path)
+    expected = run(ours, inputs)
+    assert (expected - run(build(), inputs)).abs().max() > 1e-3
+    ref = peft.PeftModel.from_pretrained(build(), tmp_path)
+    _close(run(ref, inputs), expected)
+
+
+def test_grouped_conv_dora_init_matches_peft() -> None:
+    """With the default init (B = 0) both libraries start m at the norm of each output's kernel."""
+    build, _ = BUILDERS["grouped-conv"]
+    kwargs = {"r": 4, "target_modules": ["conv_a", "conv_b"], "use_dora": True}
+    ref = peft.get_peft_model(build(), peft.LoraConfig(**kwargs))
+    ours = peftkit.get_peft_model(build(), peftkit.config("lora", **kwargs))
+    ref_m = {n.removesuffix(".weight"): p for n, p in ref.named_parameters() if "magnitude" in n}
+    our_m = {n: p for n, p in ours.named_parameters() if "magnitude" in n}
+    assert ref_m.keys() == our_m.keys() and len(our_m) == 2
+    for name, value in ref_m.items():
+        torch.testing.assert_close(our_m[name], value, atol=1e-6, rtol=0)
+
+
+def test_merging_grouped_conv_dora_is_refused_and_changes_nothing() -> None:
+    build, make_inputs = BUILDERS["grouped-conv"]
+    inputs = make_inputs()
+    cfg = peftkit.config("lora", **_lora_kwargs({"target_modules": ["conv_b"], "use_dora": True}))
+    ours = peftkit.get_peft_model(build(), cfg)
+    _perturb(ours)
+    before = run(ours, inputs)
+    weight = ours.get_base_model().conv_b.base_layer.weight.detach().clone()
+    with pytest.raises(NotImplementedError, match=r"groups=4.*use the adapter unmerged"):
+        ours.merge_adapter()
+    assert ours.get_base_model().conv_b.merged_adapters == []
+    torch.testing.assert_close(ours.get_base_model().conv_b.base_layer.weight, weight, atol=0, rtol=0)
+    _close(run(ours, inputs), before)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs"),
+    [
+        ("gpt2", {"target_modules": ["c_attn"], "fan_in_fan_out": True}),
+        ("llama", {"target_modules": ["embed_tokens"]}),
+    ],
+    ids=["gpt2-conv1d", "embedding"],
+)
+def test_dora_init_matches_peft(model: str, kwargs: dict[str, Any]) -> None:
     """With the default init the magnitude both libraries compute is the same tensor, key for key."""
-    build, _ = MODELS["gpt2"]
-    kwargs = {"r": 4, "target_modules": ["c_attn"], "use_dora": True, "fan_in_fan_out": True}
+    build, _ = MODELS[model]
+    kwargs = {"r": 4, "use_dora": True, **kwargs}
     ref = peft.get_peft_model(build(), peft.LoraConfig(**kwargs))
     ours = peftkit.get_peft_model(build(), peftkit.config("lora", **kwargs))
     ref_m = {n.removesuffix(".weight"): p for n, p in ref.named_parameters() if "magnitude" in n}

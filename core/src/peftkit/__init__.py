@@ -19,6 +19,7 @@ _LAZY = {
     "Method": "peftkit._registry",
     "PeftConfig": "peftkit._config",
     "ConfigError": "peftkit._config",
+    "TaskType": "peftkit._config",
     "config": "peftkit._api",
     "list_methods": "peftkit._api",
     "get_peft_model": "peftkit.tasks",
@@ -50,10 +51,29 @@ __all__ = ["__version__", "hookimpl", *_LAZY]
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        if name.endswith("Config") and not name.startswith("_"):
+            return _plugin_config_class(name)
         raise AttributeError(f"module 'peftkit' has no attribute {name!r}")
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
+
+
+def _plugin_config_class(name: str) -> type:
+    """An installed method's config class by its name, so ``from peftkit import LoraConfig`` works as in PEFT.
+
+    Looked up in the plugin registry on every access (not cached): which plugins are installed decides it.
+    """
+    from peftkit._plugins import registry
+
+    found = registry().config_class_named(name)
+    if found is None:
+        installed = ", ".join(sorted(registry().methods)) or "none"
+        raise AttributeError(
+            f"module 'peftkit' has no attribute {name!r}: no installed method plugin has a config class of "
+            f"that name (installed methods: {installed}); install the plugin that provides it"
+        )
+    return found
 
 
 def __dir__() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import os
@@ -14,7 +15,23 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 CONFIG_NAME = "adapter_config.json"
-TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+
+
+class TaskType(str, enum.Enum):
+    """The transformers task a config's ``task_type`` selects a wrapper for; Hugging Face PEFT's names.
+
+    A member is its own string (``TaskType.CAUSAL_LM == "CAUSAL_LM"``); configs store the string.
+    """
+
+    SEQ_CLS = "SEQ_CLS"
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"
+    CAUSAL_LM = "CAUSAL_LM"
+    TOKEN_CLS = "TOKEN_CLS"
+    QUESTION_ANS = "QUESTION_ANS"
+    FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
+
+
+TASK_TYPES = tuple(task.value for task in TaskType)
 BIAS_MODES = ("none", "all")
 
 
@@ -56,8 +73,7 @@ class PeftConfig:
                     f"{type(self).__name__} has peft_type {self.PEFT_TYPE!r}, got {self.peft_type!r}"
                 )
             self.peft_type = self.PEFT_TYPE
-        if self.task_type is not None and self.task_type not in TASK_TYPES:
-            raise ConfigError(f"task_type {self.task_type!r} is not one of {', '.join(TASK_TYPES)}")
+        self.task_type = _checked_task_type(self.task_type)
         allowed_bias = BIAS_MODES + self.BIAS_EXTRA
         if self.bias not in allowed_bias:
             raise ConfigError(f"bias={self.bias!r} is not one of {allowed_bias}")
@@ -108,6 +124,15 @@ class PeftConfig:
     def replace(self, **changes: Any) -> PeftConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def _checked_task_type(task_type: Any) -> str | None:
+    """``task_type`` as the plain string configs save (a :class:`TaskType` member is turned into its value)."""
+    if isinstance(task_type, TaskType):
+        return task_type.value
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise ConfigError(f"task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
+    return task_type
 
 
 def build_checked(cls: type[PeftConfig], values: dict[str, Any]) -> PeftConfig:

@@ -234,6 +234,17 @@ class Registry:
             f"{self._broken_hint()}"
         )
 
+    def config_class_named(self, class_name: str) -> type | None:
+        """The config class called ``class_name`` (``"LoraConfig"``) of an installed method, or None."""
+        for method in self.methods.values():
+            target = method.config
+            own_name = (
+                target.partition(":")[2] if isinstance(target, str) else getattr(target, "__name__", "")
+            )
+            if own_name == class_name:
+                return method.config_class
+        return None
+
     def by_peft_type(self, peft_type: str) -> Method:
         """The method whose adapters carry ``peft_type`` in their config."""
         if peft_type in self.type_conflicts:

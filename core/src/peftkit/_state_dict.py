@@ -160,8 +160,10 @@ def load_adapter_state_report(
             dtype = (
                 current.dtype if current.is_floating_point() and value.is_floating_point() else value.dtype
             )
+            # A tensor created on meta (low_cpu_mem_usage) takes the loaded one's device: where it was read,
+            # which is load_adapter's torch_device, as in PEFT.
             entry[1][inner] = value.to(
-                device=current.device if current.device.type != "meta" else "cpu", dtype=dtype
+                device=current.device if current.device.type != "meta" else value.device, dtype=dtype
             )
     base = peft_model.base_model.model
     with torch.no_grad():

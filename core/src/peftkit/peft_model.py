@@ -488,15 +488,21 @@ class PeftModel(MergingMixin, nn.Module):
         low_cpu_mem_usage: bool = False,
         **kwargs: Any,
     ) -> PeftModel:
-        """Wrap ``model`` and load the adapter saved in ``model_id``; on error ``model`` is left as it was."""
-        from peftkit import _preflight
+        """Wrap ``model`` and load the adapter saved in ``model_id``; on error ``model`` is left as it was.
+
+        Extra keywords: Hub download options, ``subfolder``, ``torch_device`` (as in ``load_adapter``);
+        PEFT's options that peftkit does not implement raise a TypeError naming them (see ``_load_options``).
+        """
+        from peftkit import _load_options, _preflight
         from peftkit._saving import read_adapter
         from peftkit.tasks import model_class_for
 
         check_adapter_name(adapter_name)
         _injection.check_name_free(model, adapter_name)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        loaded_config, tensors = read_adapter(model_id, config, **kwargs)
+        options = _load_options.split_load_kwargs("from_pretrained", kwargs)
+        loaded_config, tensors = read_adapter(model_id, config, **options.reader)
+        tensors = _load_options.to_device(tensors, options.torch_device)
         loaded_config = loaded_config.replace(inference_mode=not is_trainable)
         wrapper = model_class_for(loaded_config)  # a task wrapper subclass, defined in peftkit.tasks
 
@@ -538,8 +544,10 @@ class PeftModel(MergingMixin, nn.Module):
         """Load another saved adapter under ``adapter_name``; on error the model is left as it was.
 
         Returns ``(missing_keys, unexpected_keys)``; a missing tensor is an error, so ``missing_keys`` is empty.
+        ``torch_device`` is, as in PEFT, the device the saved tensors are read onto: they are copied into
+        adapter weights on the base layers' devices, or kept there with ``low_cpu_mem_usage=True``.
         """
-        from peftkit import _preflight
+        from peftkit import _load_options, _preflight
         from peftkit._saving import read_adapter
         from peftkit._state_dict import LoadReport
 
@@ -548,7 +556,9 @@ class PeftModel(MergingMixin, nn.Module):
             raise ValueError(
                 f"an adapter named {adapter_name!r} already exists; delete_adapter it first or pick another name"
             )
-        config, tensors = read_adapter(model_id, None, **kwargs)
+        options = _load_options.split_load_kwargs("load_adapter", kwargs)
+        config, tensors = read_adapter(model_id, None, **options.reader)
+        tensors = _load_options.to_device(tensors, options.torch_device)
         config = config.replace(inference_mode=not is_trainable)
 
         def build(meta: bool) -> PeftModel:

@@ -142,11 +142,66 @@ def test_deleting_a_merged_dora_adapter_restores_the_base() -> None:
     assert not model.get_base_model().conv.dora_norms
 
 
-def test_dora_on_embedding_is_refused_before_anything_changes() -> None:
-    model = make_model("emb_conv1d")
-    cfg = peftkit.config("lora", target_modules=["conv1d", "emb"], use_dora=True)
-    with pytest.raises(ValueError, match=r"DoRA \(use_dora=True\) on embedding layers is not supported.*emb"):
-        peftkit.get_peft_model(model, cfg)
+def test_embedding_magnitude_is_per_dimension_and_forward_is_the_dora_formula() -> None:
+    """On an embedding the outputs are its columns: m has shape (dim,), starts at each column's norm over the
+    vocabulary, and y = m * (E + s (B A)^T)[x] / ||E + s (B A)^T||_col."""
+    model = _dora("emb_conv1d", ["emb"], init_lora_weights=False)
+    layer = model.get_base_model().emb
+    E = layer.base_layer.weight
+    magnitude = layer.lora_magnitude_vector["default"]
+    A, B = layer.lora_embedding_A["default"], layer.lora_embedding_B["default"]
+    assert tuple(magnitude.shape) == (32,) and magnitude.requires_grad
+    torch.testing.assert_close(magnitude, (E + 2.0 * (B @ A).T).norm(dim=0))
+    _perturb(model)
+    ids = make_inputs("emb_conv1d")
+    adapted = E + 2.0 * (B @ A).T
+    expected = (magnitude / adapted.norm(dim=0)) * adapted[ids]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(ids), expected, atol=1e-5, rtol=0)
+
+
+def test_merge_unmerge_dora_embedding_with_a_plain_adapter() -> None:
+    model = _dora("emb_conv1d", ["emb", "conv1d"], init_lora_weights=False)
+    model.add_adapter("plain", peftkit.config("lora", target_modules=["emb"], r=3, init_lora_weights=False))
+    _perturb(model)
+    model.set_adapter(["default", "plain"])
+    ids = make_inputs("emb_conv1d")
+    weight = model.get_base_model().emb.base_layer.weight
+    before = weight.detach().clone()
+    with torch.no_grad():
+        expected = model(ids)
+        model.merge_adapter()
+        assert not torch.allclose(weight, before)
+        torch.testing.assert_close(model(ids), expected, atol=1e-5, rtol=0)
+        model.unmerge_adapter()
+        torch.testing.assert_close(weight, before, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(ids), expected, atol=1e-5, rtol=0)
+
+
+def _grouped(groups: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, groups=groups), torch.nn.Flatten(), torch.nn.Linear(8, 2)
+    )
+
+
+def test_grouped_conv_magnitude_is_the_norm_of_each_output_kernel() -> None:
+    model = peftkit.get_peft_model(
+        _grouped(2), peftkit.config("lora", target_modules=["0"], r=2, use_dora=True)
+    )
+    layer = model.get_base_model()[0]
+    magnitude = layer.lora_magnitude_vector["default"]
+    assert tuple(magnitude.shape) == (1, 8, 1, 1)
+    torch.testing.assert_close(magnitude.reshape(-1), layer.base_layer.weight.flatten(1).norm(dim=1))
+    x = torch.randn(3, 4, 3, 3)
+    with torch.no_grad():  # B = 0 at init: the layer computes the base convolution
+        torch.testing.assert_close(model(x), _grouped(2)(x), atol=1e-6, rtol=0)
+
+
+def test_grouped_conv_dora_rank_must_divide_by_groups() -> None:
+    model = _grouped(4)
+    with pytest.raises(ValueError, match="r=2 must be divisible by the convolution's groups=4"):
+        peftkit.get_peft_model(model, peftkit.config("lora", target_modules=["0"], r=2, use_dora=True))
     assert not any("lora" in n for n, _ in model.named_modules())
 
 

@@ -52,16 +52,11 @@ class LoraLayer(AdapterLayer):
         """Check every target first, so that an init which rewrites base weights never stops half-way."""
         if config.changes_base_weights:
             pissa.check_supported(layers, config.init_lora_weights)
-        if config.use_dora:
-            for layer in layers:
-                dora.check_supported(layer)
 
     def create_adapter(self, name: str, config: Any) -> None:
         r, alpha = config.rank_and_alpha(getattr(self, "path", ""))
         if r <= 0:
             raise ValueError(f"LoRA r must be positive, got {r} for {getattr(self, 'path', 'this layer')}")
-        if config.use_dora:
-            dora.check_supported(self)
         self.r[name] = r
         self.scaling[name] = alpha / math.sqrt(r) if config.use_rslora else alpha / r
         self.initial_scaling[name] = self.scaling[name]
@@ -238,7 +233,12 @@ class _ConvKind:
         A = layer.lora_A[name].weight  # (r, in, *k)
         B = layer.lora_B[name].weight.flatten(1)  # (out, r / groups)
         if view.groups > 1:
-            raise NotImplementedError("merging LoRA into a grouped convolution is not supported")
+            # lora_A is a full convolution, so the update mixes all input channels: no grouped kernel holds it.
+            raise NotImplementedError(
+                f"cannot merge LoRA adapter {name!r} into {getattr(layer, 'path', 'a convolution')}: it has "
+                f"groups={view.groups}, and a LoRA update of a grouped convolution is not grouped; "
+                "use the adapter unmerged (Hugging Face PEFT cannot merge it either)"
+            )
         delta = torch.einsum("or,ri...->oi...", B, A)
         return delta * layer.scaling[name]
 
