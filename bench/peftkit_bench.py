@@ -472,7 +472,19 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("repeats", "inner", "steps"):
         if getattr(args, name) < 1:
             raise _user_error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    keys = ("model", "hidden", "layers", "vocab", "batch", "seq", "repeats", "inner", "steps", "threads", "compile")
+    keys = (
+        "model",
+        "hidden",
+        "layers",
+        "vocab",
+        "batch",
+        "seq",
+        "repeats",
+        "inner",
+        "steps",
+        "threads",
+        "compile",
+    )
     return {**{k: getattr(args, k) for k in keys}, "method_options": overrides}
 
 
@@ -686,7 +698,10 @@ def _compile_report(doc: dict[str, Any]) -> list[str]:
     rows = [r for r in doc["results"] if r.get("compiled_step_s")]
     if not rows:
         return []
-    lines = ["", "torch.compile (inductor) training step, ms: eager -> compiled (compiled / eager; over the eager floor)"]
+    lines = [
+        "",
+        "torch.compile (inductor) training step, ms: eager -> compiled (compiled / eager; over the eager floor)",
+    ]
     for r in rows:
         floor = r["floor_step_s"]
         for name in (*LIBRARIES, FLOOR):

@@ -82,7 +82,9 @@ def test_per_sample_adapter_batches_compile_as_one_graph_per_grouping(case: str)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         expected = model(**inputs, adapter_names=names).logits
-        torch.testing.assert_close(compiled(**inputs, adapter_names=names).logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            compiled(**inputs, adapter_names=names).logits, expected, atol=1e-5, rtol=1e-5
+        )
         with dynamo.config.patch(error_on_recompile=True):  # the same grouping again reuses the graph
             torch.testing.assert_close(
                 compiled(**inputs, adapter_names=list(names)).logits, expected, atol=1e-5, rtol=1e-5
