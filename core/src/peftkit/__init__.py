@@ -38,6 +38,7 @@ _LAZY = {
     "HotswapError": "peftkit._hotswap",
     "BaseLayerView": "peftkit.views",
     "CheckpointError": "peftkit._io",
+    "UnsupportedLayerError": "peftkit._injection",
     "inject_adapter_in_model": "peftkit.functional",
     "get_peft_model_state_dict": "peftkit.functional",
     "set_peft_model_state_dict": "peftkit.functional",

@@ -68,7 +68,7 @@ def convert_for_initial_model(
 
     ``initial_path`` is the folder the adapter was saved to right after its PiSSA/OLoRA init.
     """
-    from peftkit._io import load_tensors
+    from peftkit.checkpoint import load_tensors
 
     if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
         raise ValueError(

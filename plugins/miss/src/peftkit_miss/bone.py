@@ -90,7 +90,7 @@ def convert_bone_to_miss(in_dir: str, out_dir: str) -> None:
 
 def _adapter_folders(in_dir: str) -> list[str]:
     """Relative paths of the Bone adapters in ``in_dir``: itself and/or its per-adapter sub-folders."""
-    from peftkit._config import CONFIG_NAME
+    from peftkit.checkpoint import CONFIG_NAME
 
     found = []
     if os.path.isfile(os.path.join(in_dir, CONFIG_NAME)):
@@ -109,8 +109,7 @@ def _convert_one(src: str, dst: str) -> None:
     from safetensors.torch import save_file
 
     from peftkit import ConfigError
-    from peftkit._config import CONFIG_NAME, read_config_dict
-    from peftkit._io import WEIGHTS_NAME, load_tensors
+    from peftkit.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_tensors, read_config_dict
     from peftkit_miss.config import MissConfig
 
     config = read_config_dict(src)

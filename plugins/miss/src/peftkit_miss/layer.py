@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit import AdapterLayer, BaseLayerView
-from peftkit._injection import UnsupportedLayerError
+from peftkit import AdapterLayer, BaseLayerView, UnsupportedLayerError
 
 
 class MissLayer(AdapterLayer):

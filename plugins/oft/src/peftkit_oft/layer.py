@@ -25,7 +25,7 @@ from peftkit import AdapterLayer, ConfigError
 from peftkit_oft.rotation import OFTRotation
 
 try:
-    from peftkit._per_sample import current as _sample_adapters
+    from peftkit.per_sample import current as _sample_adapters
 except ImportError:  # a peftkit without per-sample adapters (``adapter_names=[...]``)
 
     def _sample_adapters() -> Any:

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit import AdapterLayer
-from peftkit._injection import UnsupportedLayerError
+from peftkit import AdapterLayer, UnsupportedLayerError
 from peftkit_vera.projections import BufferDict, make_projections
 
 
