@@ -99,6 +99,19 @@ def tiny_t5(seed: int = SEED) -> nn.Module:
     return _seeded(lambda: T5ForConditionalGeneration(config), seed)
 
 
+class MLP(nn.Module):
+    """``Linear(10, 20) -> relu -> Linear(20, 2)`` with weights seeded on construction (input ``(batch, 10)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin0 = nn.Linear(10, 20)
+        self.lin1 = nn.Linear(20, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin1(torch.relu(self.lin0(x)))
+
+
 class TinyConvNet(nn.Module):
     """A plain PyTorch model with a ``Conv2d`` (image path) and a ``Conv1d`` (sequence path).
 

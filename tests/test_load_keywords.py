@@ -7,22 +7,10 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from _models import MLP
 
 import peftkit
 from peftkit_lora import LoraConfig
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin0 = nn.Linear(10, 20)
-        self.lin1 = nn.Linear(20, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin1(torch.relu(self.lin0(x)))
-
 
 X = torch.randn(3, 10, generator=torch.Generator().manual_seed(1))
 

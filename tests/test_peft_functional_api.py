@@ -5,7 +5,7 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from _models import run, text_inputs, tiny_llama
+from _models import MLP, run, text_inputs, tiny_llama
 from torch import nn
 
 import peftkit
@@ -13,17 +13,6 @@ from peftkit_lora import LoraConfig
 from peftkit_vera import VeraConfig
 
 LORA = {"r": 4, "lora_alpha": 8, "init_lora_weights": False, "target_modules": ["q_proj", "v_proj"]}
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin0 = nn.Linear(10, 20)
-        self.lin1 = nn.Linear(20, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin1(torch.relu(self.lin0(x)))
 
 
 def test_peft_model_state_dict_keys_equal_peft_for_a_peft_model() -> None:

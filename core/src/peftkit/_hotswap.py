@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit import _state_dict
+from peftkit import _injection, _state_dict
 from peftkit._config import ConfigError
 from peftkit.layer import AdapterLayer
 
@@ -83,7 +83,7 @@ def hotswap_adapter(
 def _layers(model: Any) -> list[AdapterLayer]:
     root = getattr(model, "_orig_mod", model)
     base = root.get_base_model() if hasattr(root, "get_base_model") else root
-    return [m for m in base.modules() if isinstance(m, AdapterLayer)]
+    return [m for m in _injection.adapter_modules(base) if isinstance(m, AdapterLayer)]
 
 
 def _check_settings(peft_model: Any, name: str, old: Any, new: Any) -> None:

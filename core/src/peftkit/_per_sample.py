@@ -73,7 +73,7 @@ def set_traced(adapters: SampleAdapters | None) -> None:
 
 def current() -> SampleAdapters | None:
     """The per-sample adapter names of the call in progress, or None outside such a call."""
-    if torch.compiler.is_compiling():
+    if _TRACED is not None:  # set only while torch.compile traces a per-sample call
         return _TRACED
     if _IN_PROGRESS == 0:
         return None
