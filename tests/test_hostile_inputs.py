@@ -179,6 +179,8 @@ def test_adapter_names_are_checked_where_they_enter(name: str, saved: Path, tmp_
         peftkit.get_peft_model(base, lora(), adapter_name=name)
     with pytest.raises(ValueError, match=r"adapter name|reserved"):
         peftkit.PeftModel.from_pretrained(base, saved, adapter_name=name)
+    with pytest.raises(ValueError, match=r"adapter name|reserved"):
+        peftkit.inject_adapter_in_model(lora(), base, adapter_name=name)
     assert_unchanged(base, before)
     model = peftkit.get_peft_model(base, lora())
     for call in (

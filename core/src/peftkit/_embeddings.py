@@ -61,9 +61,8 @@ def embedding_tensors(peft_model: Any, adapter_name: str, mode: bool | str) -> d
         # Adapted embeddings are saved whole; the others are unchanged unless the vocabulary was resized.
         wanted = [m for m in wanted if isinstance(m, AdapterLayer)]
     tensors: dict[str, torch.Tensor] = {}
-    seen: set[int] = (
-        set()
-    )  # an output embedding tied to the input one is saved once, as Hugging Face PEFT does
+    # An output embedding tied to the input one is saved once, as Hugging Face PEFT does.
+    seen: set[int] = set()
     for path, module in model.named_modules():
         if not any(module is m or getattr(module, "base_layer", None) is m for m in wanted):
             continue

@@ -58,9 +58,8 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, str]] = {
 class LoadOptions:
     """What the extra keywords of one load call asked for."""
 
-    reader: dict[str, Any] = field(
-        default_factory=dict
-    )  # for ``_saving.read_adapter``, Hub keywords included
+    #: Keywords for ``_saving.read_adapter``, Hub download options included.
+    reader: dict[str, Any] = field(default_factory=dict)
     torch_device: torch.device | None = None
 
 

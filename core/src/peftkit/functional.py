@@ -8,17 +8,17 @@ format, for a ``PeftModel`` (keys ``base_model.model.<path>...``) or for such a 
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from peftkit import _embeddings, _injection, _state_dict
+from peftkit._adapter_names import check_adapter_name
 from peftkit._base_state import get_base_model_state_dict, set_base_model_state_dict
 from peftkit._config import PeftConfig
-from peftkit._registry import Method
 from peftkit._state_dict import MODEL_PREFIX, LoadReport
+from peftkit.peft_model import PeftModel
 
 __all__ = [
     "LoadReport",
@@ -53,16 +53,9 @@ class _InjectedModel:
         self.base_model = _Owner(model)
         self.peft_config: dict[str, PeftConfig] = configs
 
-    def method_for(self, adapter_name: str) -> Method:
-        from peftkit._plugins import registry
-
-        return registry().by_peft_type(str(self.peft_config[adapter_name].peft_type))
-
-    def _method_hook(self, adapter_name: str, name: str) -> Any:
-        from peftkit._registry import resolve
-
-        target = self.method_for(adapter_name).model_methods.get(name)
-        return None if target is None else functools.partial(resolve(target), self)
+    # The same lookups a PeftModel does: they read only ``peft_config`` and the registry.
+    method_for = PeftModel.method_for
+    _method_hook = PeftModel._method_hook
 
     def get_base_model(self) -> nn.Module:
         return self.base_model.model
@@ -70,8 +63,6 @@ class _InjectedModel:
 
 def _handle(model: nn.Module) -> tuple[Any, bool]:
     """``(PeftModel-like object, whether keys carry the base_model.model. prefix)`` for ``model``."""
-    from peftkit.peft_model import PeftModel
-
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     if isinstance(model, PeftModel):
         return model, True
@@ -105,9 +96,12 @@ def inject_adapter_in_model(
             f"inject_adapter_in_model adapts layers; the {method.name} method changes the model's inputs "
             "instead: use peftkit.get_peft_model"
         )
-    configs = model.__dict__.setdefault("peft_config", {})
+    check_adapter_name(adapter_name, method.prefix)
+    configs = model.__dict__.get("peft_config", {})
     if adapter_name in configs:
         raise ValueError(f"this model already has an adapter named {adapter_name!r}; pick another name")
+    _injection.check_name_free(model, adapter_name)  # held by a PeftModel wrapping this model
+    configs = model.__dict__.setdefault("peft_config", configs)
     if state_dict is not None:
         peft_config = peft_config.replace(target_modules=_targets_in(state_dict, method.prefix))
     first = not configs
