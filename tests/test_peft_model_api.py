@@ -125,3 +125,73 @@ def test_a_resized_embedding_loads_with_ignore_mismatched_sizes(tmp_path: Path) 
     saved = load_file(tmp_path / "adapter_model.safetensors")
     lin0 = loaded.base_model.model.lin0
     assert torch.equal(lin0.lora_A["default"].weight, saved["base_model.model.lin0.lora_A.weight"])
+
+
+def _two_adapters() -> peftkit.PeftModel:
+    model = peftkit.get_peft_model(MLP(), LoraConfig(target_modules=["lin0"], init_lora_weights=False))
+    model.add_adapter("other", LoraConfig(target_modules=["lin0"], init_lora_weights=False))
+    return model
+
+
+def test_model_prefix_names_the_adapter_parameters_as_in_peft() -> None:
+    model = _two_adapters()
+    assert model.prefix == model.base_model.prefix == "lora_"
+    adapter = [n for n, _ in model.named_parameters() if model.prefix in n]
+    assert adapter and all("lora_" in n for n in adapter)
+
+
+def test_base_model_answers_the_tuner_calls_peft_code_makes() -> None:
+    model = _two_adapters()
+    x = torch.randn(3, 10)
+    assert model.base_model.peft_config is model.peft_config
+    model.base_model.set_adapter(["default", "other"])  # several active adapters, as on PEFT's tuner
+    assert model.active_adapters == model.base_model.active_adapters == ["default", "other"]
+    assert model.base_model.model is model.get_base_model()
+    assert model.base_model.lin0 is model.get_base_model().lin0  # other names reach the wrapped model
+    with torch.no_grad():
+        both = model(x)
+        model.set_adapter("default")
+        assert not torch.allclose(model(x), both)
+
+
+def test_disable_adapter_layers_lasts_until_enabled_and_the_context_restores_it() -> None:
+    model = _two_adapters()
+    x = torch.randn(3, 10)
+    with torch.no_grad():
+        adapted, base = model(x), model.get_base_model().lin1(torch.relu(model.get_base_model().lin0.base_layer(x)))
+        model.disable_adapter_layers()
+        assert torch.allclose(model(x), base)
+        with model.disable_adapter():
+            assert torch.allclose(model(x), base)
+        assert torch.allclose(model(x), base), "leaving the block must not enable what was disabled before it"
+        model.base_model.enable_adapter_layers()
+        assert torch.allclose(model(x), adapted)
+
+
+def test_peft_type_answers_peft_enum_spellings_and_saves_as_a_string(tmp_path: Path) -> None:
+    config = LoraConfig(target_modules=["lin0"])
+    assert config.peft_type == "LORA" == peftkit.PeftType.LORA
+    assert config.peft_type.value == "LORA"
+    peftkit.get_peft_model(MLP(), config).save_pretrained(tmp_path)
+    assert '"peft_type": "LORA"' in (tmp_path / "adapter_config.json").read_text()
+
+
+def test_from_pretrained_accepts_a_device_map_naming_one_device(tmp_path: Path) -> None:
+    _two_adapters().save_pretrained(tmp_path)
+    for device_map in ("cpu", {"": "cpu"}):
+        loaded = peftkit.PeftModel.from_pretrained(MLP(), tmp_path, device_map=device_map)
+        assert loaded.get_base_model().lin0.lora_A["default"].weight.device.type == "cpu"
+    with pytest.raises(TypeError, match=r"device_map=\{'lin0': 'cpu', 'lin1': 'disk'\}"):
+        peftkit.PeftModel.from_pretrained(MLP(), tmp_path, device_map={"lin0": "cpu", "lin1": "disk"})
+
+
+def test_state_dict_functions_see_through_parallel_wrappers() -> None:
+    model = peftkit.get_peft_model(MLP(), LoraConfig(target_modules=["lin0"], init_lora_weights=False))
+    wrapped = nn.DataParallel(model)  # its keys carry "module.", which no saved adapter has
+    state = peftkit.get_peft_model_state_dict(wrapped)
+    assert set(state) == {"base_model.model.lin0.lora_A.weight", "base_model.model.lin0.lora_B.weight"}
+    fresh = peftkit.get_peft_model(MLP(), LoraConfig(target_modules=["lin0"]))
+    assert peftkit.set_peft_model_state_dict(nn.DataParallel(fresh), state) == ([], [])
+    x = torch.randn(3, 10)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), model(x))

@@ -20,6 +20,7 @@ _LAZY = {
     "PeftConfig": "peftkit._config",
     "ConfigError": "peftkit._config",
     "TaskType": "peftkit._config",
+    "PeftType": "peftkit._config",
     "config": "peftkit._api",
     "list_methods": "peftkit._api",
     "get_peft_model": "peftkit.tasks",

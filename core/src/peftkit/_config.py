@@ -32,6 +32,24 @@ class TaskType(str, enum.Enum):
 
 
 TASK_TYPES = tuple(task.value for task in TaskType)
+
+
+class _PeftTypeNames(type):
+    def __getattr__(cls, name: str) -> PeftType:
+        if name.isupper():  # PeftType.LORA: plugins define the types, so any upper-case name is one
+            return cls(name)
+        raise AttributeError(name)
+
+
+class PeftType(str, metaclass=_PeftTypeNames):
+    """A method's PEFT type (``"LORA"``): a plain string that also answers Hugging Face PEFT's enum
+    spellings, ``PeftType.LORA`` and ``config.peft_type.value``. Configs hold and save it as the string."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
 BIAS_MODES = ("none", "all")
 
 
@@ -72,7 +90,7 @@ class PeftConfig:
                 raise ConfigError(
                     f"{type(self).__name__} has peft_type {self.PEFT_TYPE!r}, got {self.peft_type!r}"
                 )
-            self.peft_type = self.PEFT_TYPE
+            self.peft_type = PeftType(self.PEFT_TYPE)
         self.task_type = _checked_task_type(self.task_type)
         allowed_bias = BIAS_MODES + self.BIAS_EXTRA
         if self.bias not in allowed_bias:

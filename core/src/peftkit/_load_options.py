@@ -41,7 +41,11 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, str]] = {
         None,
         "rename the checkpoint's keys beforehand (load it with safetensors, rename, save) and load the result",
     ),
-    "device_map": (None, "peftkit does not dispatch offloaded models; place the base model before loading"),
+    "device_map": (
+        None,
+        "peftkit does not dispatch models over several devices or offload them; place the base model "
+        "before loading (a device_map naming one device is accepted: adapter weights follow the base layers)",
+    ),
     "max_memory": (None, "peftkit does not dispatch offloaded models; place the base model before loading"),
     "offload_folder": (None, "peftkit does not offload to disk; load the base model without disk offload"),
     "offload_dir": (None, "peftkit does not offload to disk; load the base model without disk offload"),
@@ -73,6 +77,8 @@ def split_load_kwargs(caller: str, kwargs: dict[str, Any]) -> LoadOptions:
             options.reader.setdefault("token", value)
         elif key == "torch_device":
             options.torch_device = _device(caller, value)
+        elif key == "device_map" and _single_device(value):
+            pass  # every adapter tensor goes to its base layer's device anyway
         elif key in NOT_IMPLEMENTED:
             default, instead = NOT_IMPLEMENTED[key]
             if value != default:
@@ -86,6 +92,21 @@ def split_load_kwargs(caller: str, kwargs: dict[str, Any]) -> LoadOptions:
                 f"{', '.join(sorted(HUB_KEYWORDS))}, plus {', '.join(sorted(READER_KEYWORDS))} and torch_device"
             )
     return options
+
+
+def _single_device(device_map: Any) -> bool:
+    """Whether ``device_map`` puts everything on one device (``"cpu"``, ``{"": "cuda:0"}``), offloading nothing."""
+    devices = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+    if len(devices) != 1:
+        return False
+    (device,) = devices
+    if device in ("disk", "meta", "auto", "balanced", "balanced_low_0", "sequential"):
+        return False
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
 def _device(caller: str, value: Any) -> torch.device | None:

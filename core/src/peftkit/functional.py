@@ -61,9 +61,26 @@ class _InjectedModel:
         return self.base_model.model
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``, ``DataParallel`` / ``DistributedDataParallel`` and FSDP wrappers.
+
+    Their keys carry the wrapper's prefix (``_fsdp_wrapped_module.``), which no saved adapter has.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if isinstance(model, (DataParallel, DistributedDataParallel, FullyShardedDataParallel)):
+            model = model.module
+        elif "_orig_mod" in model.__dict__.get("_modules", {}):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _handle(model: nn.Module) -> tuple[Any, bool]:
     """``(PeftModel-like object, whether keys carry the base_model.model. prefix)`` for ``model``."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    model = _unwrapped(model)
     if isinstance(model, PeftModel):
         return model, True
     return _InjectedModel(model), False

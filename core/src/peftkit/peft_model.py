@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import weakref
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,8 +21,38 @@ from peftkit.layer import AdapterLayer, ModulesToSave
 SEQ_CLS_HEADS = ["classifier", "score"]
 
 
+#: The adapter-managing calls Hugging Face PEFT code makes on ``model.base_model`` (its tuner model);
+#: ``AdaptedModel`` answers them from the PeftModel that owns it.
+TUNER_API = frozenset(
+    {
+        "peft_config",
+        "active_adapter",
+        "active_adapters",
+        "set_adapter",
+        "add_adapter",
+        "delete_adapter",
+        "merge_adapter",
+        "unmerge_adapter",
+        "merge_and_unload",
+        "unload",
+        "disable_adapter_layers",
+        "enable_adapter_layers",
+        "set_requires_grad",
+        "get_nb_trainable_parameters",
+    }
+)
+
+
 class AdaptedModel(nn.Module):
-    """Holds the user's model as ``.model`` (hence the ``base_model.model.`` keys) and model-level tensors."""
+    """Holds the user's model as ``.model`` (hence the ``base_model.model.`` keys) and model-level tensors.
+
+    It stands where Hugging Face PEFT has its tuner model (``LoraModel``...): the adapter calls PEFT
+    code makes on ``peft_model.base_model`` (:data:`TUNER_API`) go to the owning PeftModel; any
+    other attribute is the wrapped model's.
+    """
+
+    #: The start of the adapter parameter names of the method held (``"lora_"``); PEFT's ``base_model.prefix``.
+    prefix: str = ""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -34,7 +65,14 @@ class AdaptedModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            owner = self.__dict__.get("_owner")
+            if name in TUNER_API and owner is not None and owner() is not None:
+                return getattr(owner(), name)
             return getattr(self._modules["model"], name)
+
+    def own(self, peft_model: nn.Module) -> None:
+        """Answer the tuner-level calls from ``peft_model`` (held weakly: the model owns this holder, not the reverse)."""
+        self.__dict__["_owner"] = weakref.ref(peft_model)
 
 
 class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
@@ -54,6 +92,7 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
     ) -> None:
         super().__init__()
         self.base_model = AdaptedModel(model)
+        self.base_model.own(self)
         self.peft_config: dict[str, PeftConfig] = {}
         self._adapters_disabled = False
         self.active_adapters = []
@@ -95,6 +134,11 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         from peftkit._plugins import registry
 
         return registry().by_peft_type(str(self.peft_config[adapter_name].peft_type))
+
+    @property
+    def prefix(self) -> str:
+        """The start of this model's adapter parameter names (``"lora_"``), as PEFT's ``model.prefix``."""
+        return self.base_model.prefix
 
     @property
     def active_adapter(self) -> str:
@@ -233,6 +277,7 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         peft_config = self._prepare_config(peft_config, method)
         first = not self.peft_config
         self.peft_config[adapter_name] = peft_config
+        self.base_model.prefix = method.prefix
         try:
             # A method without layers (prompt learning) builds only model-level modules.
             if method.layer is not None:
@@ -356,17 +401,26 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """Run the base model alone inside this block."""
-        modules = list(self._adapter_modules())
-        for module in modules:
-            module.disable_adapters = True
-        self._adapters_disabled = True  # also skips the method's _forward/_generate hooks
+        """Run the base model alone inside this block; on exit the adapters are as they were before it."""
+        was_disabled = self._adapters_disabled
+        self.disable_adapter_layers()
         try:
             yield
         finally:
-            self._adapters_disabled = False
-            for module in modules:
-                module.disable_adapters = False
+            if not was_disabled:
+                self.enable_adapter_layers()
+
+    def disable_adapter_layers(self) -> None:
+        """Run the base model alone until :meth:`enable_adapter_layers` (PEFT's switch on the tuner model)."""
+        for module in self._adapter_modules():
+            module.disable_adapters = True
+        self._adapters_disabled = True  # also skips the method's forward/generate hooks
+
+    def enable_adapter_layers(self) -> None:
+        """Undo :meth:`disable_adapter_layers`: the active adapters run again."""
+        for module in self._adapter_modules():
+            module.disable_adapters = False
+        self._adapters_disabled = False
 
     # --- parameters ---------------------------------------------------------------------
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
