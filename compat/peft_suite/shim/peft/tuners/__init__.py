@@ -1,0 +1,1 @@
+"""``peft.tuners``: only what PEFT's tests import."""

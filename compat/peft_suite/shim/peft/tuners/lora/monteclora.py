@@ -1,0 +1,3 @@
+from peft._internal import internal
+
+MontecloraSampler = internal("MontecloraSampler")
