@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from peftkit.errors import ConfigError
+
 CONFIG_NAME = "adapter_config.json"
 
 
@@ -33,10 +35,6 @@ class TaskType(str, enum.Enum):
 
 TASK_TYPES = tuple(task.value for task in TaskType)
 BIAS_MODES = ("none", "all")
-
-
-class ConfigError(ValueError):
-    """An adapter config is malformed or names something that does not exist."""
 
 
 @dataclass

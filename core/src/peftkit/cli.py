@@ -20,23 +20,13 @@ from typing import Any
 
 from peftkit._config import CONFIG_NAME, ConfigError, read_config_dict
 from peftkit._registry import Backend, DuplicateMethodError, Method, Registry, UnknownMethodError
+from peftkit.errors import PeftkitError
 
 # The same names as peftkit._io, which imports torch.
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 TENSOR_ROWS = 20  # above this many tensors, ``inspect`` groups them by layer unless --all
 EXIT_USER_ERROR = 2
-
-# Errors that mean "your input is wrong", by defining module. A module never imported cannot have
-# raised, so checking only the loaded ones keeps torch out of the CLI.
-_USER_ERRORS = {
-    "peftkit._config": ("ConfigError",),
-    "peftkit._registry": ("UnknownMethodError", "DuplicateMethodError"),
-    "peftkit._io": ("CheckpointError",),
-    "peftkit.views": ("MergeNotSupportedError",),
-    "peftkit.layer": ("UnsafeMergeError",),
-    "peftkit._injection": ("UnsupportedLayerError",),
-}
 
 # safetensors dtype code -> (name users know, bytes per element)
 _DTYPES = {
@@ -99,13 +89,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
 
 
 def _is_user_error(exc: Exception) -> bool:
-    if isinstance(exc, (CliError, OSError)):
-        return True
-    for module_name, class_names in _USER_ERRORS.items():
-        module = sys.modules.get(module_name)
-        if module is not None and isinstance(exc, tuple(getattr(module, n) for n in class_names)):
-            return True
-    return False
+    """Whether ``exc`` is about the user's input (printed as one line) rather than a bug (a traceback)."""
+    return isinstance(exc, (CliError, OSError, PeftkitError))
 
 
 def _parser() -> argparse.ArgumentParser:
