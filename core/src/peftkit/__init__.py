@@ -21,6 +21,7 @@ _LAZY = {
     "Method": "peftkit._registry",
     "PeftConfig": "peftkit._config",
     "TaskType": "peftkit._config",
+    "name_matcher": "peftkit._targeting",
     "config": "peftkit._api",
     "list_methods": "peftkit._api",
     "get_peft_model": "peftkit.tasks",
