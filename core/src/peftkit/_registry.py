@@ -77,6 +77,31 @@ class Method:
             )
         _check_fields(self)
 
+    def check_contract(self) -> None:
+        """Import everything this method names and check it against the plugin contract.
+
+        Raises :class:`peftkit.PluginContractError` or :class:`peftkit.PluginImportError` on the first
+        problem (``peftkit list-methods --check`` and the conformance suite call this).
+        """
+        from peftkit._config import PeftConfig
+
+        config = self.config_class
+        if not (isinstance(config, type) and issubclass(config, PeftConfig)):
+            raise PluginContractError(
+                f"method {self.name!r} of {self.origin}: config {config!r} is not a PeftConfig subclass"
+            )
+        if config.PEFT_TYPE != self.peft_type:
+            raise PluginContractError(
+                f"method {self.name!r} of {self.origin}: config {config.__name__}.PEFT_TYPE is "
+                f"{config.PEFT_TYPE!r}, but the method registers peft_type {self.peft_type!r}"
+            )
+        if self.layer is not None:
+            self.layer_class  # noqa: B018  (imports and checks it)
+        for name in self.hooks:
+            self.hook(name)
+        for name, target in self.model_methods.items():
+            self._import(target, f"model method {name!r}")
+
     def hook(self, name: str) -> Callable[..., Any] | None:
         """The function of hook ``name`` (one of ``MethodHooks``), imported and checked; None if not provided."""
         target = self.hooks.get(name)
