@@ -116,3 +116,49 @@ def test_the_conformance_suite_moves_fail_on_a_shadowing_layer(
     else:
         with pytest.raises(LayerContractError, match="_apply"):
             run()
+
+
+# --- the rest of the layer contract: a forward side, and overrides the core can call ------------
+class NoSideLayer(AdapterLayer):
+    def create_adapter(self, name: str, config: Any) -> None:
+        pass
+
+
+class WrongSignatureLayer(ScaleLayer):
+    def adapter_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:  # type: ignore[override]
+        return x
+
+
+class StaticCreateLayer(ScaleLayer):
+    @classmethod
+    def create_adapter(cls, name: str, config: Any) -> None:  # type: ignore[override]
+        pass
+
+
+def test_a_layer_with_no_forward_side_is_refused() -> None:
+    with pytest.raises(LayerContractError, match=r"implements neither adapter_forward\(x, result, name\)"):
+        check_layer_class(NoSideLayer, "method 'x' of peftkit-x==1")
+
+
+def test_an_override_the_core_cannot_call_is_refused_with_the_expected_signature() -> None:
+    with pytest.raises(LayerContractError) as caught:
+        check_layer_class(WrongSignatureLayer, "method 'x' of peftkit-x==1")
+    message = str(caught.value)
+    assert "method 'x' of peftkit-x==1: layer class" in message and "WrongSignatureLayer" in message
+    assert "adapter_forward(self, x: 'torch.Tensor', name: 'str')" in message
+    assert "adapter_forward(self, x: 'torch.Tensor', result: 'torch.Tensor', name: 'str')" in message
+    with pytest.raises(LayerContractError, match=r"create_adapter must be an instance method"):
+        check_layer_class(StaticCreateLayer, "method 'x'")
+
+
+def test_prepare_config_must_return_a_config(register: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    register(ScaleLayer)
+    method = _plugins.registry().methods["shadow"]
+    broken = Method(**{**method.__dict__, "hooks": {"prepare_config": lambda model, config: None}})
+    monkeypatch.setitem(_plugins.registry().methods, "shadow", broken)
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(
+        peftkit.PluginContractError, match=r"prepare_config hook returned NoneType, expected the ShadowConfig"
+    ):
+        peftkit.get_peft_model(model, peftkit.config("shadow", target_modules=["0"]))
+    assert isinstance(model[0], nn.Linear)

@@ -317,3 +317,112 @@ def test_import_and_list_methods_import_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split(" ", 1)[0] == "False"
     assert "'lora'" in out
+
+
+# --- the method contract: hooks declared in hookspecs.MethodHooks, checked at registration -------
+def _hook_forward(model: Any, *args: Any, **kwargs: Any) -> Any:
+    return None
+
+
+def _hook_prepare_wrong(config: Any) -> Any:  # forgets the model argument
+    return config
+
+
+class LateMethodPlugin:
+    """Builds its Method inside the hook, as plugins do, so a malformed one makes the plugin broken."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    @peftkit.hookimpl
+    def peftkit_register_methods(self, register: Any) -> None:
+        register(Method(name="late", peft_type="LATE", config="no_such_module:Config", **self.fields))
+
+
+def test_a_misspelled_hook_is_broken_naming_plugin_hook_and_the_hooks(discover: Any) -> None:
+    _, registry = discover(
+        FakeEntryPoint("typo", LateMethodPlugin(hooks={"forwrd": _hook_forward}), dist="peftkit-typo")
+    )
+    message = registry.broken["typo"]
+    assert message.startswith("peftkit-typo==1.0: PluginContractError: method 'late'")
+    assert "hooks key 'forwrd' is not a method hook (did you mean 'forward'?)" in message
+    assert (
+        "prepare_config, create_adapter, forward, generate, state_slots, convert_for_initial_model" in message
+    )
+    assert "late" not in registry.methods
+
+
+def test_a_hook_with_the_wrong_signature_is_broken_with_the_expected_one(discover: Any) -> None:
+    _, registry = discover(
+        FakeEntryPoint("sig", LateMethodPlugin(hooks={"prepare_config": _hook_prepare_wrong}))
+    )
+    message = registry.broken["sig"]
+    assert "hook 'prepare_config' is _hook_prepare_wrong(config: 'Any') -> 'Any'" in message
+    assert "expected: prepare_config(model: 'Any', config: 'Any') -> 'Any'" in message
+
+
+def test_old_underscore_model_methods_are_refused_with_the_new_spelling(discover: Any) -> None:
+    _, registry = discover(FakeEntryPoint("old", LateMethodPlugin(model_methods={"_forward": _hook_forward})))
+    assert "model_methods key '_forward' is not a public method name" in registry.broken["old"]
+    assert "use hooks={'forward': ...}" in registry.broken["old"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"prefix": 3}, "prefix must be a string"),
+        ({"layer_types": "Linear"}, "layer_types must be a sequence of strings"),
+        ({"default_targets": {"llama": "q_proj"}}, "default_targets must map a model_type"),
+        ({"hooks": {"forward": 42}}, "hooks['forward'] must be a function or a 'module:attr' string"),
+    ],
+)
+def test_malformed_method_fields_are_broken_naming_the_field(
+    discover: Any, fields: dict[str, Any], expected: str
+) -> None:
+    _, registry = discover(FakeEntryPoint("bad", LateMethodPlugin(**fields)))
+    assert expected in registry.broken["bad"]
+
+
+def test_a_lazy_hook_with_the_wrong_signature_fails_on_first_use_and_in_list_methods_check(
+    discover: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from peftkit.cli import main
+    from peftkit.errors import PluginContractError
+
+    lazy = Method(
+        name="lazy",
+        peft_type="LORA",
+        config="peftkit_lora.config:LoraConfig",
+        hooks={"prepare_config": f"{__name__}:_hook_prepare_wrong"},
+    )
+    _, registry = discover(ep("lazy", lazy))
+    assert registry.broken == {}  # a lazy name is not imported at discovery
+    with pytest.raises(PluginContractError, match=r"hook 'prepare_config' is _hook_prepare_wrong"):
+        registry.by_name("lazy").hook("prepare_config")
+    assert main(["list-methods", "--check", "--json"], registry=registry) == 1
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert [m["method"] for m in doc["methods"]] == []
+    (entry,) = doc["broken"].items()
+    assert entry[0] == "peftkit-lazy (method lazy)"
+    assert "hook 'prepare_config'" in entry[1]
+
+
+def test_installed_plugins_pass_list_methods_check(capsys: pytest.CaptureFixture[str]) -> None:
+    from peftkit.cli import main
+
+    assert main(["list-methods", "--check"]) == 0, capsys.readouterr().out
+
+
+def test_every_user_facing_error_shares_the_peftkit_root() -> None:
+    from peftkit import errors
+
+    for name in errors.__all__:
+        cls = getattr(peftkit, name)
+        assert cls is getattr(errors, name) and issubclass(cls, peftkit.PeftkitError), name
+    # PEFT code catching built-in types keeps working
+    assert issubclass(peftkit.ConfigError, ValueError) and issubclass(
+        peftkit.UnsupportedLayerError, TypeError
+    )
+    assert issubclass(peftkit.UnknownMethodError, KeyError)

@@ -10,6 +10,8 @@ from typing import Any
 
 import pluggy
 
+from peftkit import errors as _errors
+
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("peftkit")
@@ -18,9 +20,9 @@ hookimpl = pluggy.HookimplMarker("peftkit")
 _LAZY = {
     "Method": "peftkit._registry",
     "PeftConfig": "peftkit._config",
-    "ConfigError": "peftkit._config",
     "TaskType": "peftkit._config",
     "PeftType": "peftkit._config",
+    "name_matcher": "peftkit._targeting",
     "config": "peftkit._api",
     "list_methods": "peftkit._api",
     "get_peft_model": "peftkit.tasks",
@@ -33,19 +35,17 @@ _LAZY = {
     "PeftModelForQuestionAnswering": "peftkit.tasks",
     "PeftModelForFeatureExtraction": "peftkit.tasks",
     "AdapterLayer": "peftkit.layer",
-    "LayerContractError": "peftkit.layer",
     "hotswap_adapter": "peftkit._hotswap",
     "prepare_model_for_compiled_hotswap": "peftkit._hotswap",
-    "HotswapError": "peftkit._hotswap",
     "BaseLayerView": "peftkit.views",
-    "CheckpointError": "peftkit._io",
-    "UnsupportedLayerError": "peftkit._injection",
     "inject_adapter_in_model": "peftkit.functional",
     "get_peft_model_state_dict": "peftkit.functional",
     "set_peft_model_state_dict": "peftkit.functional",
     "get_base_model_state_dict": "peftkit.functional",
     "set_base_model_state_dict": "peftkit.functional",
 }
+# The error classes (peftkit.errors imports nothing heavy, so they are cheap to import eagerly).
+_LAZY.update(dict.fromkeys(_errors.__all__, "peftkit.errors"))
 
 __all__ = ["__version__", "hookimpl", *_LAZY]
 

@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from peftkit.errors import ConfigError
+
 CONFIG_NAME = "adapter_config.json"
 
 
@@ -51,10 +53,6 @@ class PeftType(str, metaclass=_PeftTypeNames):
     def value(self) -> str:
         return str.__str__(self)
 BIAS_MODES = ("none", "all")
-
-
-class ConfigError(ValueError):
-    """An adapter config is malformed or names something that does not exist."""
 
 
 @dataclass

@@ -16,17 +16,13 @@ import torch
 from torch import nn
 
 from peftkit import _injection, _state_dict
-from peftkit._config import ConfigError
+from peftkit.errors import HotswapError
 from peftkit.layer import AdapterLayer
 
 # Fields that describe an adapter without shaping its forward.
 _DESCRIPTIVE = frozenset(
     {"base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping", "task_type"}
 )
-
-
-class HotswapError(ConfigError):
-    """The saved adapter cannot replace the loaded one in place; nothing was changed."""
 
 
 def prepare_model_for_compiled_hotswap(model: Any, target_rank: int | None = None) -> None:

@@ -11,11 +11,8 @@ from torch import nn
 
 from peftkit._registry import Method
 from peftkit._targeting import find_targets
+from peftkit.errors import UnsupportedLayerError
 from peftkit.layer import AdapterLayer, ModulesToSave
-
-
-class UnsupportedLayerError(TypeError):
-    """A targeted module is of a type no installed backend or the method can adapt."""
 
 
 def get_view(module: nn.Module) -> Any:

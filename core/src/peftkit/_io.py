@@ -12,12 +12,10 @@ from typing import Any
 
 import torch
 
+from peftkit.errors import CheckpointError
+
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
-
-
-class CheckpointError(ValueError):
-    """An adapter weights file is missing, corrupt, or does not fit the model."""
 
 
 def _write_atomic(path: str, write: Any) -> None:

@@ -99,7 +99,7 @@ class PersistenceMixin:
                     f"path_initial_model_for_weight_conversion converts one adapter; pass selected_adapters=[name] "
                     f"(this model has {names})"
                 )
-            convert = self._method_hook(names[0], "_convert_for_initial_model")
+            convert = self._method_hook(names[0], "convert_for_initial_model")
             if convert is None:
                 raise ValueError(
                     f"the {self.method_for(names[0]).name} method cannot convert adapters for the initial model; "

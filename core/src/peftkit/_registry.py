@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from peftkit.errors import DuplicateMethodError, PluginContractError, PluginImportError, UnknownMethodError
+from peftkit.hookspecs import METHOD_HOOK_NAMES, MethodHooks
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _PEFT_TYPE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
@@ -29,18 +34,22 @@ class Method:
     """One PEFT method as a plugin registers it.
 
     ``name`` is lower case (``"lora"``) and ``peft_type`` upper case (``"LORA"``, the value saved in
-    ``adapter_config.json``). ``config`` and ``layer`` may be classes or lazy ``"module:attr"`` strings.
-    ``prefix`` starts the names of the method's parameters (``"lora_"``). ``default_targets`` maps a
-    transformers ``model_type`` to module names. ``layer_types`` names the base layers the method
-    can adapt (for ``list-methods``). ``model_level`` names adapter tensors that live on the model,
-    not a layer (VeRA's projections). ``model_methods`` maps a name to a function (or lazy
-    ``"module:attr"``) called as ``fn(peft_model, *args, **kwargs)``: public names become methods of
-    the ``PeftModel`` (LoRA's ``add_weighted_adapter``); names starting with ``_`` are hooks the core
-    calls at fixed points (``_convert_for_initial_model`` in ``save_pretrained``; ``_prepare_config``
-    and ``_create_adapter`` in ``add_adapter``; ``_forward``/``_generate`` instead of the wrapped model's,
-    except inside ``disable_adapter``; ``_state_slots`` when mapping tensors to disk keys). A method with
-    ``layer=None`` adapts no layers: its ``_create_adapter`` builds model-level modules (prompt learning).
-    ``dist`` and ``version`` are filled in by the core.
+    ``adapter_config.json``). ``config`` and ``layer`` may be classes or lazy ``"module:attr"`` strings;
+    the layer class subclasses :class:`peftkit.AdapterLayer`. ``prefix`` starts the names of the
+    method's parameters (``"lora_"``). ``default_targets`` maps a transformers ``model_type`` to
+    module names. ``layer_types`` names the base layers the method can adapt (for ``list-methods``).
+    ``model_level`` names attributes of the model-level holder (``PeftModel.base_model``) that hold
+    adapter tensors shared by layers, each a :class:`peftkit.layer.ModelLevelStore` (VeRA's projections).
+    ``hooks`` maps the names declared by :class:`peftkit.hookspecs.MethodHooks` (``prepare_config``,
+    ``create_adapter``, ``forward``, ``generate``, ``state_slots``, ``convert_for_initial_model``) to
+    functions or lazy ``"module:attr"`` strings; anything else is refused. ``model_methods`` maps
+    public names to functions called as ``fn(peft_model, *args, **kwargs)`` that become methods of the
+    ``PeftModel`` (LoRA's ``add_weighted_adapter``). A method with ``layer=None`` adapts no layers:
+    its ``create_adapter`` hook builds model-level modules (prompt learning). ``dist`` and
+    ``version`` are filled in by the core.
+
+    Every field is checked when the method is built: a wrong one raises
+    :class:`peftkit.PluginContractError`, so the plugin registering it is listed as broken.
     """
 
     name: str
@@ -52,6 +61,7 @@ class Method:
     layer_types: Sequence[str] = ()
     model_level: Sequence[str] = ()
     model_methods: Mapping[str, Any] = field(default_factory=dict)
+    hooks: Mapping[str, Any] = field(default_factory=dict)
     dist: str = "unknown"
     version: str = "0"
 
@@ -65,6 +75,39 @@ class Method:
                 f"Method {self.name!r}: peft_type {self.peft_type!r} must be upper case letters, digits and '_' "
                 "(like 'LORA')"
             )
+        _check_fields(self)
+
+    def check_contract(self) -> None:
+        """Import everything this method names and check it against the plugin contract.
+
+        Raises :class:`peftkit.PluginContractError` or :class:`peftkit.PluginImportError` on the first
+        problem (``peftkit list-methods --check`` and the conformance suite call this).
+        """
+        from peftkit._config import PeftConfig
+
+        config = self.config_class
+        if not (isinstance(config, type) and issubclass(config, PeftConfig)):
+            raise PluginContractError(
+                f"method {self.name!r} of {self.origin}: config {config!r} is not a PeftConfig subclass"
+            )
+        if config.PEFT_TYPE != self.peft_type:
+            raise PluginContractError(
+                f"method {self.name!r} of {self.origin}: config {config.__name__}.PEFT_TYPE is "
+                f"{config.PEFT_TYPE!r}, but the method registers peft_type {self.peft_type!r}"
+            )
+        if self.layer is not None:
+            self.layer_class  # noqa: B018  (imports and checks it)
+        for name in self.hooks:
+            self.hook(name)
+        for name, target in self.model_methods.items():
+            self._import(target, f"model method {name!r}")
+
+    def hook(self, name: str) -> Callable[..., Any] | None:
+        """The function of hook ``name`` (one of ``MethodHooks``), imported and checked; None if not provided."""
+        target = self.hooks.get(name)
+        if target is None:
+            return None
+        return _checked_hook(self.name, self.origin, name, self._import(target, f"hook {name!r}"))
 
     @property
     def config_class(self) -> type:
@@ -91,6 +134,93 @@ class Method:
     @property
     def origin(self) -> str:
         return f"{self.dist}=={self.version}"
+
+
+def _check_fields(method: Method) -> None:
+    """Refuse a malformed ``Method`` at registration, with the field, what it holds and what it should."""
+    if method.config is None:
+        _refuse(method, "config must be the config class or a 'module:attr' string naming it")
+    if not isinstance(method.prefix, str):
+        _refuse(method, f"prefix must be a string like 'lora_', got {method.prefix!r}")
+    for label, names in (("layer_types", method.layer_types), ("model_level", method.model_level)):
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            _refuse(method, f"{label} must be a sequence of strings, got {names!r}")
+    if not isinstance(method.default_targets, Mapping) or not all(
+        isinstance(k, str) and not isinstance(v, str) and all(isinstance(t, str) for t in v)
+        for k, v in method.default_targets.items()
+    ):
+        _refuse(method, "default_targets must map a model_type string to a list of module names")
+    for label, table in (("hooks", method.hooks), ("model_methods", method.model_methods)):
+        if not isinstance(table, Mapping):
+            _refuse(method, f"{label} must be a mapping of names to functions or 'module:attr' strings")
+        for key, target in table.items():
+            if not (callable(target) or (isinstance(target, str) and ":" in target)):
+                _refuse(
+                    method, f"{label}[{key!r}] must be a function or a 'module:attr' string, got {target!r}"
+                )
+    _check_model_methods(method)
+    _check_hooks(method)
+
+
+def _refuse(method: Method, message: str) -> None:
+    raise PluginContractError(f"method {method.name!r}: {message}")
+
+
+def _check_model_methods(method: Method) -> None:
+    for key in method.model_methods:
+        if not isinstance(key, str) or not key.isidentifier() or key.startswith("_"):
+            hint = ""
+            if isinstance(key, str) and key.lstrip("_") in METHOD_HOOK_NAMES:
+                hint = f"; model-level hooks moved to Method.hooks: use hooks={{{key.lstrip('_')!r}: ...}}"
+            _refuse(method, f"model_methods key {key!r} is not a public method name (no leading '_'){hint}")
+
+
+def _check_hooks(method: Method) -> None:
+    for key, target in method.hooks.items():
+        if key not in METHOD_HOOK_NAMES:
+            close = difflib.get_close_matches(str(key), METHOD_HOOK_NAMES, n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            _refuse(
+                method,
+                f"hooks key {key!r} is not a method hook{guess}; the hooks are {', '.join(METHOD_HOOK_NAMES)}",
+            )
+        if callable(target):
+            _checked_hook(method.name, "", key, target)
+
+
+def _checked_hook(method: str, origin: str, hook: str, fn: Any) -> Callable[..., Any]:
+    """``fn`` if the core's call of ``hook`` (see ``MethodHooks``) can bind to its parameters; else PluginContractError."""
+    expected = inspect.signature(getattr(MethodHooks, hook))
+    if not callable(fn):
+        raise PluginContractError(f"method {method!r}{_of(origin)}: hook {hook!r} is {fn!r}, not a function")
+    try:
+        actual = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to read, trust it
+        return fn
+    kinds = {p.kind for p in actual.parameters.values()}
+    wanted = [p for p in expected.parameters.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    problem = None
+    try:
+        actual.bind(*wanted)
+    except TypeError as exc:
+        problem = str(exc)
+    for kind, what in (
+        (inspect.Parameter.VAR_POSITIONAL, "*args"),
+        (inspect.Parameter.VAR_KEYWORD, "**kwargs"),
+    ):
+        if any(p.kind is kind for p in expected.parameters.values()) and kind not in kinds:
+            problem = f"it must accept {what}"
+    if problem is not None:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise PluginContractError(
+            f"method {method!r}{_of(origin)}: hook {hook!r} is {name}{actual}, which the core cannot call "
+            f"as expected: {hook}{expected} ({problem})"
+        )
+    return fn
+
+
+def _of(origin: str) -> str:
+    return f" of {origin}" if origin else ""
 
 
 @dataclass(frozen=True)
@@ -132,21 +262,6 @@ class Converter:
 
     def __call__(self, in_path: str, out_path: str) -> None:
         resolve(self.convert)(in_path, out_path)
-
-
-class PluginImportError(ImportError):
-    """A plugin's lazily named class (``"module:attr"``) could not be imported when first used."""
-
-
-class DuplicateMethodError(RuntimeError):
-    """Two installed distributions register the same method name, PEFT type or converter name."""
-
-
-class UnknownMethodError(KeyError):
-    """No installed plugin serves the requested method name, PEFT type or converter."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _install_hint(name: str, grammar: re.Pattern[str]) -> str:

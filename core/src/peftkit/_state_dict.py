@@ -50,7 +50,7 @@ def adapter_slots(
         if holder is not None and name in holder and name in holder.state_dict(keep_vars=True):
             slots[f"base_model.{attr}"] = (holder, name, holder[name])
     slots.update(bias_slots(model, config.bias, name, set(peft_model.peft_config)))
-    rewrite = peft_model._method_hook(name, "_state_slots")
+    rewrite = peft_model._method_hook(name, "state_slots")
     return slots if rewrite is None else rewrite(name, slots, for_load)
 
 

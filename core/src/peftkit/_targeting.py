@@ -19,8 +19,13 @@ class NoTargetError(ConfigError):
     """The config's targets matched no module of the model."""
 
 
-def _name_matcher(spec: str | Sequence[str] | None) -> Callable[[str], bool]:
-    """One compiled test for a list of names (exact or dotted suffix) or a full-match regex."""
+def name_matcher(spec: str | Sequence[str] | None) -> Callable[[str], bool]:
+    """A test of a module path against a ``target_modules``-style spec, compiled once.
+
+    ``spec`` is a list of names (a path matches the exact name, its last segment, or a dotted
+    suffix) or a regex the whole path must match; None matches nothing. Public as
+    ``peftkit.name_matcher`` for methods with module lists of their own (IA3's ``feedforward_modules``).
+    """
     if spec is None:
         return lambda _name: False
     if isinstance(spec, str):
@@ -119,9 +124,9 @@ def find_targets(
     spec = resolve_target_spec(config, model, default_targets)
     heads = _output_head_names(model) if spec == ALL_LINEAR else set()
     wanted = (
-        (lambda n, m: is_linear(m) and n not in heads) if spec == ALL_LINEAR else _wrap(_name_matcher(spec))
+        (lambda n, m: is_linear(m) and n not in heads) if spec == ALL_LINEAR else _wrap(name_matcher(spec))
     )
-    excluded = _name_matcher(config.exclude_modules)
+    excluded = name_matcher(config.exclude_modules)
     in_layer = _layer_index_matcher(config)
     found, inside = [], []
     for name, module in model.named_modules():

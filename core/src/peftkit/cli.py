@@ -20,23 +20,13 @@ from typing import Any
 
 from peftkit._config import CONFIG_NAME, ConfigError, read_config_dict
 from peftkit._registry import Backend, DuplicateMethodError, Method, Registry, UnknownMethodError
+from peftkit.errors import PeftkitError
 
 # The same names as peftkit._io, which imports torch.
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 TENSOR_ROWS = 20  # above this many tensors, ``inspect`` groups them by layer unless --all
 EXIT_USER_ERROR = 2
-
-# Errors that mean "your input is wrong", by defining module. A module never imported cannot have
-# raised, so checking only the loaded ones keeps torch out of the CLI.
-_USER_ERRORS = {
-    "peftkit._config": ("ConfigError",),
-    "peftkit._registry": ("UnknownMethodError", "DuplicateMethodError"),
-    "peftkit._io": ("CheckpointError",),
-    "peftkit.views": ("MergeNotSupportedError",),
-    "peftkit.layer": ("UnsafeMergeError",),
-    "peftkit._injection": ("UnsupportedLayerError",),
-}
 
 # safetensors dtype code -> (name users know, bytes per element)
 _DTYPES = {
@@ -99,13 +89,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
 
 
 def _is_user_error(exc: Exception) -> bool:
-    if isinstance(exc, (CliError, OSError)):
-        return True
-    for module_name, class_names in _USER_ERRORS.items():
-        module = sys.modules.get(module_name)
-        if module is not None and isinstance(exc, tuple(getattr(module, n) for n in class_names)):
-            return True
-    return False
+    """Whether ``exc`` is about the user's input (printed as one line) rather than a bug (a traceback)."""
+    return isinstance(exc, (CliError, OSError, PeftkitError))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list-methods", help="installed methods, backends, converters and broken plugins")
     p.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also import every method's hooks and classes and check them against the plugin contract "
+        "(imports torch); exit status 1 if any plugin is broken",
+    )
     p.set_defaults(run=cmd_list_methods)
 
     p = sub.add_parser("inspect", help="describe a saved adapter folder without loading a model")
@@ -160,13 +151,23 @@ def _registry(registry: Registry | None) -> Registry:
 # --- list-methods --------------------------------------------------------------------------
 def cmd_list_methods(args: argparse.Namespace, registry: Registry | None) -> int:
     """``peftkit list-methods``: print what the installed plugins provide, and what failed to load."""
-    doc = describe_plugins(_registry(registry))
+    doc = describe_plugins(_registry(registry), check=args.check)
     print(json.dumps(doc, indent=2) if args.json else _plugins_text(doc))
-    return 0
+    return 1 if args.check and doc["broken"] else 0
 
 
-def describe_plugins(registry: Registry) -> dict[str, Any]:
-    """The ``list-methods --json`` document: methods, backends, converters, conflicts and broken plugins."""
+def describe_plugins(registry: Registry, check: bool = False) -> dict[str, Any]:
+    """The ``list-methods --json`` document: methods, backends, converters, conflicts and broken plugins.
+
+    With ``check``, every method's hooks, layer and config classes are imported and checked against
+    the plugin contract (this imports torch); a method that fails is listed as broken instead.
+    """
+    broken = dict(registry.broken)
+    methods = sorted(registry.methods.values(), key=lambda m: m.name)
+    if check:
+        failing = {m.name: _contract_problem(m) for m in methods}
+        broken.update({f"{m.dist} (method {m.name})": failing[m.name] for m in methods if failing[m.name]})
+        methods = [m for m in methods if not failing[m.name]]
     return {
         "methods": [
             {
@@ -177,7 +178,7 @@ def describe_plugins(registry: Registry) -> dict[str, Any]:
                 "layer_types": list(m.layer_types),
                 "backends": method_backends(m, registry.backends),
             }
-            for m in sorted(registry.methods.values(), key=lambda m: m.name)
+            for m in methods
         ],
         "backends": [
             {
@@ -199,8 +200,16 @@ def describe_plugins(registry: Registry) -> dict[str, Any]:
                 *registry.converter_conflicts.values(),
             }
         ),
-        "broken": dict(sorted(registry.broken.items())),
+        "broken": dict(sorted(broken.items())),
     }
+
+
+def _contract_problem(method: Method) -> str | None:
+    try:
+        method.check_contract()
+    except PeftkitError as exc:
+        return f"{method.origin}: {type(exc).__name__}: {exc}"
+    return None
 
 
 def method_backends(method: Method, backends: Sequence[Backend]) -> list[str]:

@@ -57,3 +57,64 @@ def peftkit_register_converters(
     """Called at discovery: ``register(name, convert, help)`` for each format converter that ``peftkit convert``
     runs as ``convert(in_path, out_path)`` (for example ``"bone-to-miss"``); ``convert`` may be a lazy
     ``"module:attr"`` string."""
+
+
+class MethodHooks:
+    """The model-level hooks a method may provide: the keys of ``Method.hooks``, each with its signature.
+
+    ``Method(hooks={"forward": "my_plugin.forward:forward", ...})`` maps a name below to a function
+    (or a lazy ``"module:attr"`` string). The core calls it as ``fn(model, ...)``, where ``model`` is
+    the :class:`peftkit.PeftModel` (or, for :func:`peftkit.inject_adapter_in_model`, an object with
+    the same lookups). A key not listed here, or a function whose parameters cannot take the call
+    below, is refused with :class:`peftkit.PluginContractError` naming the method, the hook and the
+    expected signature: at registration for functions, when first resolved (and by
+    ``peftkit list-methods``) for lazy names. Functions that are not hooks but new public methods of
+    the model (LoRA's ``add_weighted_adapter``) go in ``Method.model_methods`` instead.
+
+    These stubs are the specification; they are never called.
+    """
+
+    @staticmethod
+    def prepare_config(model: Any, config: Any) -> Any:
+        """In ``add_adapter``, before targets are found: return the config to use (e.g. sizes read from the model).
+
+        Must return a config of the same class; returning None is refused at once.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def create_adapter(model: Any, adapter_name: str, config: Any) -> None:
+        """In ``add_adapter``, after any layers got the adapter: build model-level modules (prompt encoders)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def forward(model: Any, *args: Any, **kwargs: Any) -> Any:
+        """Replaces the wrapped model's forward while an adapter of this method is active (not when disabled)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def generate(model: Any, *args: Any, **kwargs: Any) -> Any:
+        """Replaces the wrapped model's ``generate`` while an adapter of this method is active."""
+        raise NotImplementedError
+
+    @staticmethod
+    def state_slots(model: Any, adapter_name: str, slots: dict[str, Any], for_load: bool) -> dict[str, Any]:
+        """Rewrite the disk key -> ``(module, key, tensor)`` slots of an adapter before saving or loading.
+
+        ``for_load`` is True when the slots receive a checkpoint. Return the slots to use.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def convert_for_initial_model(
+        model: Any, adapter_name: str, config: Any, tensors: dict[str, Any], initial_path: str
+    ) -> tuple[Any, dict[str, Any]]:
+        """``save_pretrained(path_initial_model_for_weight_conversion=...)``: return ``(config, tensors)`` of
+        the equivalent adapter on the original base model (LoRA's PiSSA/OLoRA conversion)."""
+        raise NotImplementedError
+
+
+#: The hook names of :class:`MethodHooks`.
+METHOD_HOOK_NAMES = tuple(
+    name for name, value in vars(MethodHooks).items() if isinstance(value, staticmethod)
+)

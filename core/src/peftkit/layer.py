@@ -1,23 +1,30 @@
 """The adapter layer contract: a base layer, its view, and any number of named adapters.
 
-A method subclasses :class:`AdapterLayer` and implements three things:
+A method subclasses :class:`AdapterLayer` and implements:
 
 * ``create_adapter(name, config)``: make the adapter's tensors, stored in ``nn.ModuleDict`` /
   ``nn.ParameterDict`` attributes whose names start with the method's prefix and are keyed
   by adapter name (``self.lora_A[name]``). That naming is what the core saves, freezes,
   counts and deletes by.
-* ``adapter_forward(x, result, name)``: add the adapter's contribution to the base output.
+* the forward, on one side or both: ``adapter_input(x, name)`` transforms what the base layer
+  sees (IA3 on feed-forward layers scales its input), ``adapter_forward(x, result, name)``
+  combines the adapter with the base output (LoRA adds ``B(A(x))``). A layer class must override
+  at least one of them.
 * merging, either additive (``delta_weight(name)``, optionally ``delta_bias(name)``) or, for
   methods that are a function of the base weight, ``merged_weight(W, name)`` together with its
-  exact inverse ``unmerged_weight(W, name)``.
+  exact inverse ``unmerged_weight(W, name)`` (and ``merged_bias`` / ``unmerged_bias`` if the bias
+  changes too).
 
-Everything else (activation, disabling, safe merging, dtype handling, deletion) lives here.
+Everything else (activation, disabling, per-sample routing, safe merging, dtype handling,
+deletion) lives here. :func:`check_layer_class` checks a class against this contract when the
+method is first used.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -25,13 +32,9 @@ from torch import nn
 from peftkit import _per_sample
 from peftkit.views import BaseLayerView, MergeNotSupportedError
 
-
-class UnsafeMergeError(ValueError):
-    """Merging would put NaN or inf into the base weight; nothing was changed."""
-
-
-class LayerContractError(TypeError):
-    """A method's layer class breaks the adapter-layer contract (for example it shadows an nn.Module method)."""
+if TYPE_CHECKING:
+    from peftkit._config import PeftConfig
+from peftkit.errors import LayerContractError, UnsafeMergeError
 
 
 class AdapterLayer(nn.Module):
@@ -43,18 +46,36 @@ class AdapterLayer(nn.Module):
     ``overrides_module_methods``; :func:`check_layer_class` refuses the rest when the method is used.
     """
 
-    #: Plain-dict attributes keyed by adapter name (scalings, per-adapter settings) to clean on delete.
+    #: Attributes keyed by adapter name that are not modules (scalings, per-adapter settings): on
+    #: delete the core calls ``getattr(self, attr).pop(name, None)`` on each, so each is a dict or
+    #: has a dict-like ``pop``.
     adapter_dicts: tuple[str, ...] = ()
     #: ``torch.nn.Module`` methods this layer class overrides on purpose (beyond forward and extra_repr).
     overrides_module_methods: tuple[str, ...] = ()
+
+    #: The wrapped layer, unchanged; its parameters stay frozen.
+    base_layer: nn.Module
+    #: How to read, run and write the base layer whatever its storage (dense, quantized...).
+    view: BaseLayerView
+    #: The layer's dotted name in the model (``"model.layers.0.self_attn.q_proj"``), set by the core
+    #: before ``before_inject``; "" for a layer built by hand. Use it in messages.
+    path: str = ""
+    #: Adapter name -> the config it was created with, in creation order.
+    adapter_configs: dict[str, Any]
+    #: The adapters forward runs, in order (set by the model; read-only for methods).
+    active_adapters: list[str]
+    #: The adapters whose update is inside the base weight now, in merge order (read-only for methods).
+    merged_adapters: list[str]
+    #: True inside ``disable_adapter()``: forward is the base layer's alone.
+    disable_adapters: bool
 
     def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.view = view
-        self.adapter_configs: dict[str, Any] = {}
-        self.active_adapters: list[str] = []
-        self.merged_adapters: list[str] = []
+        self.adapter_configs = {}
+        self.active_adapters = []
+        self.merged_adapters = []
         self.disable_adapters = False
 
     # --- the method's part -------------------------------------------------------------
@@ -67,24 +88,72 @@ class AdapterLayer(nn.Module):
         projections) is made here; the default does nothing.
         """
 
-    def create_adapter(self, name: str, config: Any) -> None:
+    def create_adapter(self, name: str, config: PeftConfig) -> None:
+        """Make adapter ``name``'s tensors from ``config`` (see the module docstring for where they go)."""
         raise NotImplementedError
 
+    def adapter_input(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Input side: what the base layer should see instead of ``x`` for adapter ``name``.
+
+        Override it for methods that transform the layer input; the base layer then runs once, on
+        the transformed input. With several active adapters the calls are chained in active order
+        (each gets the previous one's output). Under per-sample routing (``adapter_names=``) each
+        call gets only the rows routed to ``name``. The default returns ``x``.
+        """
+        return x
+
     def adapter_forward(self, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """Output side: combine adapter ``name`` with ``result`` and return the new output.
+
+        The core guarantees: ``x`` is the layer's original input (before any ``adapter_input``) and
+        ``result`` is the output so far for exactly the rows of ``x``. In a normal call that is the
+        base output followed by the adapters before ``name`` in active order (so a method must
+        compose with ``result``, never recompute the base output); under per-sample routing ``x``
+        and ``result`` are the sub-batch routed to ``name`` and ``result`` is the base output for
+        it. The default returns ``result`` (for methods that act only on the input side).
+        """
+        return result
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The additive update in the view's weight layout; non-additive methods override merged_weight."""
         raise NotImplementedError(f"{type(self).__name__} does not define how to merge")
 
     def delta_bias(self, name: str) -> torch.Tensor | None:
+        """An additive bias update of an additive method, or None (the default: the bias is untouched)."""
         return None
 
     def merged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        """The base weight (float32, view layout) with adapter ``name`` folded in; non-additive methods override it."""
         return weight + self.delta_weight(name).to(weight.dtype)
 
     def unmerged_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        """The exact inverse of :meth:`merged_weight`."""
         return weight - self.delta_weight(name).to(weight.dtype)
+
+    def merged_bias(self, bias: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        """The base bias with adapter ``name`` folded in, or None to leave it as it is.
+
+        Called after ``merged_weight`` when merging (``bias`` is the current bias, or None when the
+        layer has none). The default adds ``delta_bias(name)``. A method whose merge scales the
+        output (IA3) overrides this and :meth:`unmerged_bias`; merging never needs to guess the direction.
+        """
+        delta = self.delta_bias(name)
+        if delta is None:
+            return None
+        if bias is None:
+            raise MergeNotSupportedError(f"{self.view.layer_type} has no bias to merge an adapter bias into")
+        return bias + delta.to(bias.dtype)
+
+    def unmerged_bias(self, bias: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        """The exact inverse of :meth:`merged_bias` (called after ``unmerged_weight``); None leaves the bias."""
+        delta = self.delta_bias(name)
+        if delta is None:
+            return None
+        if bias is None:
+            raise MergeNotSupportedError(
+                f"{self.view.layer_type} has no bias to unmerge an adapter bias from"
+            )
+        return bias - delta.to(bias.dtype)
 
     def add_delta_to_weight(self, name: str, alpha: float) -> None:
         """Add ``alpha`` times adapter ``name``'s additive update to the base weight (merge: 1, unmerge: -1).
@@ -96,7 +165,13 @@ class AdapterLayer(nn.Module):
 
     @property
     def is_additive(self) -> bool:
+        """True when merging adds ``delta_weight`` (merges commute); False when ``merged_weight`` is overridden."""
         return type(self).merged_weight is AdapterLayer.merged_weight
+
+    @property
+    def transforms_input(self) -> bool:
+        """True when the class overrides :meth:`adapter_input` (the core then transforms before the base forward)."""
+        return type(self).adapter_input is not AdapterLayer.adapter_input
 
     # --- hot-swapping (peftkit.hotswap_adapter) -------------------------------------------
     #: Config fields a hot-swap may change (the layer adapts to them in ``hotswap_config``); any other
@@ -208,10 +283,14 @@ class AdapterLayer(nn.Module):
             return self._forward_per_sample(per_sample, x, *args, **kwargs)
         if self.merged_adapters and self.training and torch.is_grad_enabled():
             self._refuse_training_merged()
-        result = self.view.forward(x, *args, **kwargs)
-        for name in self.active_adapters:
-            if name not in self.merged_adapters:
-                result = self.adapter_forward(x, result, name)
+        pending = [n for n in self.active_adapters if n not in self.merged_adapters]
+        base_input = x
+        if self.transforms_input:
+            for name in pending:
+                base_input = self.adapter_input(base_input, name)
+        result = self.view.forward(base_input, *args, **kwargs)
+        for name in pending:
+            result = self.adapter_forward(x, result, name)
         return result
 
     def _refuse_training_merged(self) -> None:
@@ -221,7 +300,7 @@ class AdapterLayer(nn.Module):
         ]
         if training:
             raise RuntimeError(
-                f"adapter {training[0]!r} is merged into the base weights of {getattr(self, 'path', 'a layer')}, "
+                f"adapter {training[0]!r} is merged into the base weights of {self.path or 'a layer'}, "
                 "so training cannot reach its parameters; call model.unmerge_adapter() before training "
                 "(or model.eval() / torch.no_grad() to run the merged model)"
             )
@@ -233,12 +312,22 @@ class AdapterLayer(nn.Module):
         if self.merged_adapters:
             raise ValueError(
                 f"adapter_names cannot be used while adapters {self.merged_adapters} are merged into "
-                f"{getattr(self, 'path', 'a layer')}; call unmerge_adapter() first"
+                f"{self.path or 'a layer'}; call unmerge_adapter() first"
             )
-        result = self.view.forward(x, *args, **kwargs)
-        for name, index in per_sample.groups(x.shape[0], x.device):
-            if name not in self.adapter_configs:  # "__base__", or an adapter that does not target this layer
-                continue
+        groups = [
+            (name, index)
+            for name, index in per_sample.groups(x.shape[0], x.device)
+            if name in self.adapter_configs  # not "__base__", nor an adapter that does not target this layer
+        ]
+        base_input = x
+        if self.transforms_input:
+            for name, index in groups:
+                if index is None:
+                    base_input = self.adapter_input(x, name)
+                else:
+                    base_input = base_input.index_copy(0, index, self.adapter_input(x[index], name))
+        result = self.view.forward(base_input, *args, **kwargs)
+        for name, index in groups:
             if index is None:
                 result = self.adapter_forward(x, result, name)
             else:
@@ -259,21 +348,39 @@ class AdapterLayer(nn.Module):
             self.merged_adapters.append(name)
 
     def _merge_one(self, name: str, safe_merge: bool) -> None:
-        bias_delta = self.delta_bias(name)
+        bias_change = self._bias_change(name, merging=True)
         if self.is_additive and not safe_merge:
             self.add_delta_to_weight(name, 1.0)
         else:
             weight = self.view.read_weight()
             new = self.merged_weight(weight.float(), name)
-            bad_bias = bias_delta is not None and not torch.isfinite(bias_delta).all()
+            bad_bias = bias_change is not None and not torch.isfinite(bias_change).all()
             if safe_merge and (bad_bias or not torch.isfinite(new).all()):
                 raise UnsafeMergeError(
                     f"merging adapter {name!r} would put NaN/inf into {self.view.layer_type}; "
                     "the base weight was left unchanged"
                 )
             self.view.write_weight(new)
-        if bias_delta is not None:
-            self.view.add_to_bias(bias_delta)
+        if bias_change is not None:
+            self.view.add_to_bias(bias_change)
+
+    def _bias_change(self, name: str, merging: bool) -> torch.Tensor | None:
+        """What merging (or unmerging) adapter ``name`` adds to the base bias, or None for nothing."""
+        hook = type(self).merged_bias if merging else type(self).unmerged_bias
+        if hook is (AdapterLayer.merged_bias if merging else AdapterLayer.unmerged_bias):
+            # The additive default, applied as the delta itself: unmerging then restores the bias exactly.
+            delta = self.delta_bias(name)
+            if delta is None:
+                return None
+            return delta if merging else -delta
+        bias = self.view.bias
+        current = None if bias is None else bias.detach().float()
+        new = hook(self, current, name)
+        if new is None:
+            return None
+        if current is None:
+            raise MergeNotSupportedError(f"{self.view.layer_type} has no bias to merge an adapter bias into")
+        return new.float() - current
 
     def unmerge(self, adapter_names: Sequence[str] | None = None) -> None:
         """Take merged adapters (default: all) back out of the base weight, last merged first."""
@@ -309,9 +416,9 @@ class AdapterLayer(nn.Module):
             self.add_delta_to_weight(name, -1.0)
         else:
             self.view.write_weight(self.unmerged_weight(self.view.read_weight().float(), name))
-        bias_delta = self.delta_bias(name)
-        if bias_delta is not None:
-            self.view.add_to_bias(-bias_delta)
+        bias_change = self._bias_change(name, merging=False)
+        if bias_change is not None:
+            self.view.add_to_bias(bias_change)
         self.merged_adapters.remove(name)
 
     def extra_repr(self) -> str:
@@ -345,21 +452,95 @@ def shadowed_module_methods(cls: type) -> list[str]:
     )
 
 
+#: The methods of :class:`AdapterLayer` a method's layer may override; the core calls them with these signatures.
+CONTRACT_METHODS = (
+    "before_inject",
+    "create_adapter",
+    "adapter_input",
+    "adapter_forward",
+    "delta_weight",
+    "delta_bias",
+    "merged_weight",
+    "unmerged_weight",
+    "merged_bias",
+    "unmerged_bias",
+    "add_delta_to_weight",
+    "prepare_hotswap",
+    "check_hotswap",
+    "hotswap_tensor",
+    "hotswap_config",
+)
+
+
 def check_layer_class(cls: Any, owner: str) -> type[AdapterLayer]:
     """``cls`` if it is a valid method layer class; otherwise a :class:`LayerContractError` naming ``owner``.
 
-    ``owner`` says who registered it (``"method 'miss' of peftkit-miss==0.1.0"``).
+    ``owner`` says who registered it (``"method 'miss' of peftkit-miss==0.1.0"``). Checked: it subclasses
+    :class:`AdapterLayer`, shadows no ``nn.Module`` method, implements a forward side, and every
+    contract method it overrides takes the arguments the core passes.
     """
     if not (isinstance(cls, type) and issubclass(cls, AdapterLayer)):
         raise LayerContractError(f"{owner}: its layer {cls!r} is not a subclass of peftkit.AdapterLayer")
+    where = f"{owner}: layer class {cls.__module__}.{cls.__qualname__}"
     shadowed = shadowed_module_methods(cls)
     if shadowed:
         raise LayerContractError(
-            f"{owner}: layer class {cls.__module__}.{cls.__qualname__} redefines torch.nn.Module's "
-            f"{', '.join(shadowed)}, which .to(), .half(), .train() and state_dict() go through; rename it, "
-            "or list it in the class's overrides_module_methods if the override is meant"
+            f"{where} redefines torch.nn.Module's {', '.join(shadowed)}, which .to(), .half(), .train() "
+            "and state_dict() go through; rename it, or list it in the class's overrides_module_methods "
+            "if the override is meant"
         )
+    sides = ("adapter_input", "adapter_forward", "forward")
+    if all(getattr(cls, n) is getattr(AdapterLayer, n) for n in sides):
+        raise LayerContractError(
+            f"{where} implements neither adapter_forward(x, result, name) (output side) nor "
+            "adapter_input(x, name) (input side), so its adapters would do nothing; implement one"
+        )
+    for name in CONTRACT_METHODS:
+        _check_override(cls, name, where)
     return cls
+
+
+def _check_override(cls: type, name: str, where: str) -> None:
+    """Refuse an override of contract method ``name`` that cannot take the core's call."""
+    ours = inspect.getattr_static(AdapterLayer, name)
+    theirs = inspect.getattr_static(cls, name)
+    if theirs is ours:
+        return
+    if isinstance(ours, classmethod) != isinstance(theirs, classmethod):
+        kind = "a classmethod" if isinstance(ours, classmethod) else "an instance method"
+        raise LayerContractError(f"{where}: {name} must be {kind}, as in peftkit.AdapterLayer")
+    expected = inspect.signature(getattr(AdapterLayer, name))
+    try:
+        actual = inspect.signature(getattr(cls, name))
+    except (TypeError, ValueError):
+        return
+    # The core passes every argument positionally, in the base class's order.
+    count = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in expected.parameters.values())
+    try:
+        actual.bind(*range(count))
+    except TypeError as exc:
+        raise LayerContractError(
+            f"{where}: {name}{actual} cannot be called as the core calls it, {name}{expected} ({exc})"
+        ) from None
+
+
+class ModelLevelStore(Protocol):
+    """What the core needs of a ``Method.model_level`` holder: an attribute of ``PeftModel.base_model``
+    holding one tensor or module per adapter name, shared by the method's layers (VeRA's projections).
+
+    ``nn.ParameterDict``, ``nn.ModuleDict`` and buffer-holding modules like VeRA's satisfy it. The
+    core saves what ``state_dict(keep_vars=True)`` lists (non-persistent buffers are regenerated by
+    the method, never saved or expected), deletes an adapter's entry with ``del``, and turns on
+    gradients of its float tensors unless the holder has ``trainable = False``.
+    """
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def __getitem__(self, name: str) -> Any: ...
+
+    def __delitem__(self, name: str) -> None: ...
+
+    def state_dict(self, *args: Any, keep_vars: bool = False, **kwargs: Any) -> dict[str, Any]: ...
 
 
 class ModulesToSave(nn.Module):

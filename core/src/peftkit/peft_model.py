@@ -16,6 +16,7 @@ from peftkit._config import ConfigError, PeftConfig
 from peftkit._merging import MergingMixin
 from peftkit._persistence import PersistenceMixin
 from peftkit._registry import Method
+from peftkit.errors import PluginContractError
 from peftkit.layer import AdapterLayer, ModulesToSave
 
 SEQ_CLS_HEADS = ["classifier", "score"]
@@ -115,9 +116,16 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         configs = self.__dict__.get("peft_config")
         if name.startswith("_") or not configs:
             return None
-        return self._method_hook(next(iter(configs)), name)
+        return self._model_function(next(iter(configs)), name)
 
     def _method_hook(self, adapter_name: str, name: str) -> Any:
+        """Hook ``name`` (see ``peftkit.hookspecs.MethodHooks``) of adapter ``adapter_name``'s method, bound to this model, or None."""
+        import functools
+
+        fn = self.method_for(adapter_name).hook(name)
+        return None if fn is None else functools.partial(fn, self)
+
+    def _model_function(self, adapter_name: str, name: str) -> Any:
         """``Method.model_methods[name]`` of adapter ``adapter_name``'s method bound to this model, or None."""
         import functools
 
@@ -159,18 +167,18 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         # attributes: forward then does no registry work that torch.compile would have to trace.
         self._active_adapters = list(names)
         first = self._active_adapters[0] if self._active_adapters else None
-        self._forward_hook = None if first is None else self._method_hook(first, "_forward")
-        self._generate_hook = None if first is None else self._method_hook(first, "_generate")
+        self._forward_hook = None if first is None else self._method_hook(first, "forward")
+        self._generate_hook = None if first is None else self._method_hook(first, "generate")
 
     def _call_hook(self, name: str) -> Any:
         """The active method's ``_forward``/``_generate`` hook bound to this model, or None (also while disabled)."""
         if self._adapters_disabled:
             return None
-        return self._forward_hook if name == "_forward" else self._generate_hook
+        return self._forward_hook if name == "forward" else self._generate_hook
 
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The wrapped model's forward; ``adapter_names`` (one per sample, ``"__base__"`` for none) mixes adapters in a batch."""
-        hook = self._call_hook("_forward")
+        hook = self._call_hook("forward")
         if hook is not None:  # a method that changes the inputs (prompt learning) runs the forward itself
             extra = {} if adapter_names is None else {"adapter_names": adapter_names}
             return hook(*args, **extra, **kwargs)
@@ -201,7 +209,7 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         base = self.get_base_model()
         if not hasattr(base, "generate"):
             raise AttributeError(f"{type(base).__name__} has no generate method")
-        hook = self._call_hook("_generate")
+        hook = self._call_hook("generate")
         if hook is not None:
             extra = {} if adapter_names is None else {"adapter_names": adapter_names}
             return hook(*args, **extra, **kwargs)
@@ -284,7 +292,7 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
                 _injection.inject_adapter(
                     model, method, peft_config, adapter_name, low_cpu_mem_usage, owner=self.base_model
                 )
-            create = self._method_hook(adapter_name, "_create_adapter")
+            create = self._method_hook(adapter_name, "create_adapter")
             if create is not None:
                 create(adapter_name, peft_config)
             if peft_config.modules_to_save:
@@ -317,11 +325,15 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
             wanted = list(config.modules_to_save or [])
             changes["modules_to_save"] = wanted + [h for h in heads if h not in wanted]
         config = config.replace(**changes) if changes else config
-        prepare = method.model_methods.get("_prepare_config")
+        prepare = method.hook("prepare_config")
         if prepare is not None:  # e.g. prompt learning fills in sizes read from the model's config
-            from peftkit._registry import resolve
-
-            config = resolve(prepare)(self, config)
+            prepared = prepare(self, config)
+            if not isinstance(prepared, type(config)):
+                raise PluginContractError(
+                    f"method {method.name!r} of {method.origin}: its prepare_config hook returned "
+                    f"{type(prepared).__name__}, expected the {type(config).__name__} to use"
+                )
+            config = prepared
         return config
 
     def _cast_adapter(self, adapter_name: str, autocast: bool | None = None) -> None:

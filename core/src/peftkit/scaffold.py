@@ -12,12 +12,14 @@ import os
 import re
 from string import Template
 
+from peftkit.errors import PeftkitError
+
 __all__ = ["ScaffoldError", "new_plugin", "plugin_files"]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
-class ScaffoldError(ValueError):
+class ScaffoldError(PeftkitError, ValueError):
     """The plugin name or target folder given to ``new-plugin`` cannot be used."""
 
 

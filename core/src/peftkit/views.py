@@ -14,9 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-class MergeNotSupportedError(RuntimeError):
-    """The base layer cannot take a merged weight (for example an integer weight with no writer)."""
+from peftkit.errors import MergeNotSupportedError
 
 
 class BaseLayerView:

@@ -469,8 +469,8 @@ def _with_modules_to_save(case: Case) -> Case | None:
     targets = case.config.get("target_modules")
     if head is None or targets is None or targets == "all-linear":
         return None
-    from peftkit._targeting import _name_matcher
+    from peftkit._targeting import name_matcher
 
-    if _name_matcher(targets)(head):
+    if name_matcher(targets)(head):
         return None
     return Case(case.model, {**case.config, "modules_to_save": [head]}, case.id)

@@ -38,10 +38,8 @@ def peftkit_register_methods(register: Any) -> None:
             prefix="lora_",
             default_targets=DEFAULT_TARGETS,
             layer_types=("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d"),
-            model_methods={
-                "add_weighted_adapter": "peftkit_lora.weighted:add_weighted_adapter",
-                "_convert_for_initial_model": "peftkit_lora.pissa:convert_for_initial_model",
-            },
+            model_methods={"add_weighted_adapter": "peftkit_lora.weighted:add_weighted_adapter"},
+            hooks={"convert_for_initial_model": "peftkit_lora.pissa:convert_for_initial_model"},
         )
     )
 

@@ -54,9 +54,9 @@ class LoraLayer(AdapterLayer):
             pissa.check_supported(layers, config.init_lora_weights)
 
     def create_adapter(self, name: str, config: Any) -> None:
-        r, alpha = config.rank_and_alpha(getattr(self, "path", ""))
+        r, alpha = config.rank_and_alpha(self.path)
         if r <= 0:
-            raise ValueError(f"LoRA r must be positive, got {r} for {getattr(self, 'path', 'this layer')}")
+            raise ValueError(f"LoRA r must be positive, got {r} for {self.path or 'this layer'}")
         self.r[name] = r
         self.scaling[name] = alpha / math.sqrt(r) if config.use_rslora else alpha / r
         self.initial_scaling[name] = self.scaling[name]
@@ -65,7 +65,7 @@ class LoraLayer(AdapterLayer):
         )
         if config.lora_bias and self.view.bias is None:
             warnings.warn(
-                f"lora_bias=True on {getattr(self, 'path', 'a layer')}: the targeted layer of type "
+                f"lora_bias=True on {self.path or 'a layer'}: the targeted layer of type "
                 f"{self.view.layer_type} has no bias, so this adapter cannot be merged into it"
             )
         self.kind.create(self, name, r, config)
@@ -235,7 +235,7 @@ class _ConvKind:
         if view.groups > 1:
             # lora_A is a full convolution, so the update mixes all input channels: no grouped kernel holds it.
             raise NotImplementedError(
-                f"cannot merge LoRA adapter {name!r} into {getattr(layer, 'path', 'a convolution')}: it has "
+                f"cannot merge LoRA adapter {name!r} into {layer.path or 'a convolution'}: it has "
                 f"groups={view.groups}, and a LoRA update of a grouped convolution is not grouped; "
                 "use the adapter unmerged (Hugging Face PEFT cannot merge it either)"
             )

@@ -25,7 +25,7 @@ def check_supported(layers: Sequence[Any], init: str) -> None:
     """Refuse, before any base weight changes, layers whose weight these inits cannot decompose."""
     for layer in layers:
         view = layer.view
-        where = getattr(layer, "path", type(view.module).__name__)
+        where = layer.path or type(view.module).__name__
         if view.kind != "linear":
             raise ValueError(
                 f"init_lora_weights={init!r} works on linear layers (nn.Linear, GPT-2 Conv1D) only, "

@@ -15,12 +15,14 @@ import tempfile
 import warnings
 from typing import Any
 
+from peftkit import CheckpointError
+
 BONE_TYPE = "BONE"
 MISS_TYPE = "MISS"
 _MISS_DEFAULTS = {"miss_dropout": 0.0, "mini_r": 1}
 
 
-class BoneConversionError(ValueError):
+class BoneConversionError(CheckpointError):
     """A folder given to ``bone-to-miss`` is not a Bone adapter, or the output cannot be written."""
 
 

@@ -41,7 +41,7 @@ class MissLayer(AdapterLayer):
 
     # --- creation -----------------------------------------------------------------------
     def create_adapter(self, name: str, config: Any) -> None:
-        where = getattr(self, "path", "") or "this layer"
+        where = self.path or "this layer"
         if self.view.kind != "linear":
             raise UnsupportedLayerError(
                 f"miss: module {where!r} of type {self.view.layer_type} cannot be adapted; MiSS supports "

@@ -45,7 +45,7 @@ class OFTLayer(AdapterLayer):
 
     # --- creating -----------------------------------------------------------------------
     def create_adapter(self, name: str, config: Any) -> None:
-        where = getattr(self, "path", None) or self.view.layer_type
+        where = self.path or self.view.layer_type
         features = self.kind.features(self.view)
         r, size = config.blocks_for(features, where)
         if size < 2:
@@ -93,7 +93,7 @@ class OFTLayer(AdapterLayer):
         if self.merged_adapters:
             raise ValueError(
                 f"adapter_names cannot be used while adapters {self.merged_adapters} are merged into "
-                f"{getattr(self, 'path', 'a layer')}; call unmerge_adapter() first"
+                f"{self.path or 'a layer'}; call unmerge_adapter() first"
             )
         groups = [
             (index, self.rotation(name).blocks(train_dropout=self.training))

@@ -8,13 +8,13 @@ from peftkit import Method, hookimpl
 
 __all__ = ["PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig"]
 
-# The hooks the core calls for a method without layers (see peftkit.Method.model_methods).
+# The hooks the core calls for a method without layers (see peftkit.hookspecs.MethodHooks).
 _HOOKS = {
-    "_prepare_config": "peftkit_prompt.setup:prepare_config",
-    "_create_adapter": "peftkit_prompt.setup:create_adapter",
-    "_state_slots": "peftkit_prompt.setup:state_slots",
-    "_forward": "peftkit_prompt.forward:forward",
-    "_generate": "peftkit_prompt.generate:generate",
+    "prepare_config": "peftkit_prompt.setup:prepare_config",
+    "create_adapter": "peftkit_prompt.setup:create_adapter",
+    "state_slots": "peftkit_prompt.setup:state_slots",
+    "forward": "peftkit_prompt.forward:forward",
+    "generate": "peftkit_prompt.generate:generate",
 }
 
 _METHODS = (
@@ -35,7 +35,7 @@ def peftkit_register_methods(register: Any) -> None:
                 layer=None,
                 prefix="prompt_encoder",
                 model_level=("prompt_encoder",),
-                model_methods=_HOOKS,
+                hooks=_HOOKS,
             )
         )
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit import AdapterLayer
+from peftkit import AdapterLayer, UnsupportedLayerError
 from peftkit_shira.masks import budget, indices_from_mask_fn, layer_seed, random_indices
 from peftkit_shira.sparse import SparsePattern
 
@@ -52,12 +52,12 @@ class ShiraLayer(AdapterLayer):
 
     @property
     def _where(self) -> str:
-        return getattr(self, "path", None) or self.view.layer_type
+        return self.path or self.view.layer_type
 
     def create_adapter(self, name: str, config: Any) -> None:
         view = self.view
         if view.kind != "linear":
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"SHiRA adapts linear layers (nn.Linear, transformers Conv1D); {self._where} is a "
                 f"{view.layer_type}: remove it from target_modules"
             )

@@ -1,0 +1,47 @@
+"""The (IA)^3 config, with Hugging Face PEFT's field names, and the hook that fills its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftkit import ConfigError, PeftConfig
+
+
+@dataclass
+class IA3Config(PeftConfig):
+    """``feedforward_modules`` (names or a regex, like ``target_modules``) are the adapted modules
+    whose input is scaled; every other adapted module has its output scaled. ``init_ia3_weights``
+    starts the vectors at one (the adapter changes nothing until trained); False draws them at random.
+    """
+
+    PEFT_TYPE = "IA3"
+
+    feedforward_modules: list[str] | str | None = None
+    fan_in_fan_out: bool = False
+    init_ia3_weights: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.feedforward_modules, (set, tuple)):
+            self.feedforward_modules = sorted(self.feedforward_modules)
+        targets, feedforward = self.target_modules, self.feedforward_modules
+        if isinstance(targets, list) and isinstance(feedforward, list):
+            outside = sorted(set(feedforward) - set(targets))
+            if outside:
+                raise ConfigError(
+                    f"feedforward_modules {outside} are not in target_modules {targets}: a feed-forward module "
+                    "must also be adapted; add it to target_modules or drop it from feedforward_modules"
+                )
+
+
+def prepare_config(model: Any, config: IA3Config) -> IA3Config:
+    """The ``prepare_config`` hook: fill ``feedforward_modules`` from PEFT's table for the model's type."""
+    from peftkit_ia3 import DEFAULT_FEEDFORWARD
+
+    if config.feedforward_modules is not None:
+        return config
+    model_type = getattr(getattr(model.get_base_model(), "config", None), "model_type", None)
+    if model_type in DEFAULT_FEEDFORWARD:
+        return config.replace(feedforward_modules=list(DEFAULT_FEEDFORWARD[model_type]))
+    return config.replace(feedforward_modules=[])
