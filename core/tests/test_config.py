@@ -1,11 +1,14 @@
-"""Configs: selection by name, JSON in the PEFT format, unknown keys, missing peft_type."""
+"""Configs: selection by name, JSON in the PEFT format, unknown keys, missing peft_type, declared fields."""
 
 import json
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
 import peftkit
-from peftkit._config import ConfigError, config_from_dict, read_config_dict
+from peftkit._config import ConfigError, PeftConfig, config_from_dict, read_config_dict
 
 
 def test_config_by_name_builds_the_plugin_class():
@@ -63,3 +66,78 @@ def test_peft_version_names_the_peft_format_followed():
     version = Version(peftkit.config("lora").peft_version)
     assert version.local.startswith("peftkit")
     assert version >= Version("0.18")  # readers compare it with PEFT releases
+
+
+@dataclass
+class ToyConfig(PeftConfig):
+    """A method whose Hugging Face PEFT config has target_modules but none of the other optional base fields."""
+
+    PEFT_TYPE: ClassVar[str] = "TOY"
+    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset({"target_modules"})
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"toy_dropout"})
+
+    r: int = 2
+    toy_dropout: float = 0.0
+
+
+# What every Hugging Face PEFT config writes, whatever the method.
+EVERY_CONFIG = {
+    *("peft_type", "task_type", "inference_mode", "base_model_name_or_path", "revision", "auto_mapping"),
+    "peft_version",
+}
+
+
+def test_a_config_writes_only_the_base_fields_it_declares():
+    assert set(ToyConfig().to_dict()) == EVERY_CONFIG | {"target_modules", "r", "toy_dropout"}
+    assert set(ToyConfig.field_names()) == set(ToyConfig().to_dict())
+    assert {"bias", "layers_to_transform", "modules_to_save"} <= set(peftkit.config("lora").to_dict())
+
+
+def test_a_base_field_the_method_lacks_is_refused_when_set():
+    with pytest.raises(
+        ConfigError, match=r"ToyConfig has no layers_to_transform field.*Remove layers_to_transform=\[0\]"
+    ):
+        ToyConfig(layers_to_transform=[0])
+    with pytest.raises(ConfigError, match=r"has no bias field"):
+        ToyConfig(bias="all")
+    assert ToyConfig(bias="none") == ToyConfig()  # the default value cannot be told from no value
+
+
+def test_old_files_holding_lacking_fields_at_their_defaults_still_load():
+    """peftkit 0.1 wrote every base field; at their defaults they mean nothing and are dropped silently."""
+    old = ToyConfig().to_dict() | {"bias": "none", "exclude_modules": None, "layers_to_transform": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ToyConfig.from_dict(old) == ToyConfig()
+    with pytest.raises(ConfigError, match=r"sets exclude_modules=\['x'\], which peftkit 0.1 accepted.*regex"):
+        ToyConfig.from_dict(old | {"exclude_modules": ["x"]})
+
+
+def test_shaping_fields_leave_out_descriptive_and_declared_ones():
+    assert ToyConfig.shaping_fields() == ["peft_type", "task_type", "target_modules", "r"]
+
+
+def test_a_mistyped_declaration_is_a_type_error_naming_it():
+    with pytest.raises(
+        TypeError, match=r"BadBase.BASE_FIELDS names \['layer_pattern'\], which are not optional"
+    ):
+
+        @dataclass
+        class BadBase(PeftConfig):
+            BASE_FIELDS: ClassVar[frozenset[str]] = frozenset({"bias", "layer_pattern"})
+
+    with pytest.raises(TypeError, match=r"BASE_FIELDS must be a frozenset"):
+
+        @dataclass
+        class NotASet(PeftConfig):
+            BASE_FIELDS: ClassVar[frozenset[str]] = ("bias",)  # type: ignore[assignment]
+
+    @dataclass
+    class BadShaping(PeftConfig):
+        NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"dropuot"})
+        dropout: float = 0.0
+
+    with pytest.raises(
+        TypeError, match=r"BadShaping.NON_SHAPING_FIELDS names \['dropuot'\], which are not fields"
+    ):
+        BadShaping()

@@ -11,6 +11,7 @@ import re
 import types
 import typing
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +54,20 @@ class PeftType(str, metaclass=_PeftTypeNames):
     def value(self) -> str:
         return str.__str__(self)
 BIAS_MODES = ("none", "all")
+# The PeftConfig fields a method may lack (Hugging Face PEFT's prompt-learning configs have only
+# modules_to_save of these, its ShiraConfig has no bias...); a config declares its own in BASE_FIELDS.
+OPTIONAL_BASE_FIELDS = (
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "modules_to_save",
+    "bias",
+)
+# Fields that describe an adapter without shaping its tensors, editable by hand in every method's file.
+DESCRIPTIVE_FIELDS = ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping")
+# Fields a method lacks that select layers: the hint for them is a target_modules regex.
+_LAYER_SELECTION = ("exclude_modules", "layers_to_transform", "layers_pattern")
 
 
 @dataclass
@@ -62,11 +77,28 @@ class PeftConfig:
     ``target_modules`` is a list of module names (exact or dotted suffix), a regex matched
     against the whole module path, or ``"all-linear"``. ``modules_to_save`` lists modules that
     are copied and trained in full beside the adapter.
+
+    Two class variables describe the method's fields, so that its ``adapter_config.json`` has the
+    keys Hugging Face PEFT writes for it:
+
+    * ``BASE_FIELDS``: which of the optional base fields (``OPTIONAL_BASE_FIELDS``: ``target_modules``,
+      ``exclude_modules``, ``layers_to_transform``, ``layers_pattern``, ``modules_to_save``, ``bias``)
+      the method has; all of them unless it says otherwise. A field left out is not written, not
+      accepted by ``peftkit.config``, and refused with a ``ConfigError`` when set to anything but its
+      default: Hugging Face PEFT would drop it and adapt the model differently (every layer, say,
+      instead of those in ``layers_to_transform``). A saved file holding it at its default (peftkit
+      0.1 wrote every field) still loads.
+    * ``NON_SHAPING_FIELDS``: fields that do not shape the saved tensors or what the loaded model
+      computes with them (init-only flags, dropout). A saved adapter records its other fields beside
+      its weights; editing one of those by hand is refused at load with a message naming it, editing
+      a non-shaping field (or a descriptive one such as ``base_model_name_or_path``) is allowed.
     """
 
     PEFT_TYPE: ClassVar[str] = ""
     # Extra bias modes a method accepts besides "none" and "all" (LoRA adds "lora_only").
     BIAS_EXTRA: ClassVar[tuple[str, ...]] = ()
+    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset(OPTIONAL_BASE_FIELDS)
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
     peft_type: str | None = None
     task_type: str | None = None
@@ -82,7 +114,13 @@ class PeftConfig:
     auto_mapping: dict[str, Any] | None = None
     peft_version: str | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_declared(cls, "BASE_FIELDS", OPTIONAL_BASE_FIELDS, "optional base fields")
+
     def __post_init__(self) -> None:
+        _shaping_fields(type(self))  # checks NON_SHAPING_FIELDS once per class
+        _refuse_lacking(type(self), {name: getattr(self, name) for name in lacking_fields(type(self))})
         if self.PEFT_TYPE:
             if self.peft_type not in (None, self.PEFT_TYPE):
                 raise ConfigError(
@@ -111,10 +149,17 @@ class PeftConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The fields this method has, as written to ``adapter_config.json`` (base fields it lacks left out)."""
+        lacking = lacking_fields(cls)
+        return [f.name for f in dataclasses.fields(cls) if f.name not in lacking]
+
+    @classmethod
+    def shaping_fields(cls) -> list[str]:
+        """The fields a saved adapter's weights depend on: every field but descriptive and ``NON_SHAPING_FIELDS``."""
+        return list(_shaping_fields(cls))
 
     def to_dict(self) -> dict[str, Any]:
-        """Every serialisable field, sets turned into sorted lists."""
+        """Every field this method has, sets turned into sorted lists."""
         out = {}
         for name in self.field_names():
             value = getattr(self, name)
@@ -128,8 +173,13 @@ class PeftConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeftConfig:
-        """Build a config from a dict, dropping (with a warning naming them) keys this version does not know."""
-        known = set(cls.field_names())
+        """Build a config from a dict, dropping (with a warning naming them) keys this version does not know.
+
+        A base field the method lacks is accepted at its default (peftkit 0.1 wrote them all) and
+        refused with a ``ConfigError`` otherwise.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        _refuse_lacking(cls, {name: data[name] for name in lacking_fields(cls) if name in data}, saved=True)
         unknown = sorted(set(data) - known)
         if unknown:
             warnings.warn(
@@ -140,6 +190,67 @@ class PeftConfig:
     def replace(self, **changes: Any) -> PeftConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def lacking_fields(cls: type[PeftConfig]) -> tuple[str, ...]:
+    """The optional base fields ``cls`` does not have (see ``PeftConfig.BASE_FIELDS``)."""
+    return tuple(name for name in OPTIONAL_BASE_FIELDS if name not in cls.BASE_FIELDS)
+
+
+def _check_declared(cls: type[PeftConfig], attr: str, allowed: Iterable[str], what: str) -> None:
+    """Raise TypeError unless ``cls.<attr>`` is a frozenset of names from ``allowed``: a plugin's mistake, named."""
+    declared = getattr(cls, attr)
+    if not (isinstance(declared, frozenset) and all(isinstance(name, str) for name in declared)):
+        raise TypeError(f"{cls.__name__}.{attr} must be a frozenset of field names, got {declared!r}")
+    stray = sorted(declared - set(allowed))
+    if stray:
+        raise TypeError(
+            f"{cls.__name__}.{attr} names {stray}, which are not {what}; those are: {', '.join(allowed)}"
+        )
+
+
+@functools.cache
+def _shaping_fields(cls: type[PeftConfig]) -> tuple[str, ...]:
+    # Checked here, not in __init_subclass__: a subclass's own fields exist only once @dataclass has run.
+    fields = cls.field_names()
+    _check_declared(cls, "NON_SHAPING_FIELDS", fields, f"fields of {cls.__name__}")
+    skipped = cls.NON_SHAPING_FIELDS | set(DESCRIPTIVE_FIELDS)
+    return tuple(name for name in fields if name not in skipped)
+
+
+@functools.cache
+def _base_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(PeftConfig)}
+
+
+def _refuse_lacking(cls: type[PeftConfig], values: dict[str, Any], saved: bool = False) -> None:
+    """Raise ConfigError naming the base fields ``cls`` lacks that ``values`` sets to anything but the default.
+
+    ``saved``: the values come from a saved adapter (peftkit 0.1 accepted such settings), not from the user.
+    """
+    defaults = _base_defaults()
+    wrong = {name: value for name, value in values.items() if value != defaults[name]}
+    if wrong:
+        raise ConfigError(_lacking_message(cls, wrong, saved))
+
+
+def _lacking_message(cls: type[PeftConfig], wrong: dict[str, Any], saved: bool = False) -> str:
+    shown = ", ".join(f"{name}={value!r}" for name, value in wrong.items())
+    head = (
+        f"{cls.__name__} has no {' or '.join(wrong)} field: Hugging Face PEFT's config for this method has "
+        "none either, and would adapt the model differently."
+    )
+    fix = (
+        " (select modules with a regex in target_modules instead)"
+        if set(wrong) & set(_LAYER_SELECTION)
+        else ""
+    )
+    if saved:
+        return (
+            f"{head} This adapter config sets {shown}, which peftkit 0.1 accepted; rebuild the adapter "
+            f"without {' and '.join(wrong)}{fix}"
+        )
+    return f"{head} Remove {shown}{fix}"
 
 
 def _checked_task_type(task_type: Any) -> str | None:
@@ -281,6 +392,9 @@ def make_config(name: str, **kwargs: Any) -> PeftConfig:
     from peftkit._plugins import registry
 
     cls = registry().by_name(name).config_class
+    lacking = {key: kwargs[key] for key in lacking_fields(cls) if key in kwargs}
+    if lacking:
+        raise ConfigError(_lacking_message(cls, lacking))
     unknown = sorted(set(kwargs) - set(cls.field_names()))
     if unknown:
         raise ConfigError(

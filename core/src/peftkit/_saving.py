@@ -11,6 +11,7 @@ import torch
 from peftkit import _io, _state_dict
 from peftkit._config import (
     CONFIG_NAME,
+    DESCRIPTIVE_FIELDS,
     ConfigError,
     PeftConfig,
     config_dict_from_bytes,
@@ -18,20 +19,29 @@ from peftkit._config import (
     read_config_dict,
 )
 
+# The weights' metadata pairs them with their config: a digest of the whole config (every field but
+# the descriptive ones, as peftkit 0.1 computed it, so both versions read each other's adapters),
+# and the values of the fields that shape the weights, so a hand edit can be told from a harmless one.
 DIGEST_KEY = "peftkit_config_digest"
+SHAPING_KEY = "peftkit_shaping_fields"
 # The new config, complete on disk before the weights are replaced; renamed into place last. Named
 # after its digest, so concurrent or killed saves never take each other's pending file.
 PENDING_PREFIX = ".peftkit-pending-"
 _OLD_PENDING = PENDING_PREFIX + CONFIG_NAME  # peftkit 0.1's single pending name, still recognised
-# Descriptive fields a user may edit by hand without changing what the tensors mean.
-_UNDIGESTED = ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping")
 _READ_ATTEMPTS = 3
+_SHOWN_CHARS = 60
 
 
 def _digest(config: dict[str, Any]) -> str:
-    """A short hash of the config fields that give the saved tensors their meaning."""
-    kept = {k: v for k, v in config.items() if k not in _UNDIGESTED}
+    """A short hash of every config field but the descriptive ones: which config the weights were saved with."""
+    kept = {k: v for k, v in config.items() if k not in DESCRIPTIVE_FIELDS}
     return _io.config_digest(json.dumps(kept, sort_keys=True))
+
+
+def _shaping_values(config: PeftConfig) -> str:
+    """The config's shaping fields and their values as JSON, recorded beside the weights."""
+    data = config.to_dict()
+    return json.dumps({name: data[name] for name in config.shaping_fields()}, sort_keys=True)
 
 
 def _pending_name(digest: str) -> str:
@@ -44,13 +54,14 @@ def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None)
     ``transform(config, tensors) -> (config, tensors)``, when given, rewrites both before anything is written.
 
     Every file is written to a temporary name and renamed into place, and the weights carry a
-    digest of their config. The new config is written completely (as a pending file named after
-    its digest) before the weights are replaced, and renamed over ``adapter_config.json`` last: a
-    save killed at any point leaves either the previous pair, or the new weights with their config
-    still pending, which ``read_adapter`` recognises by the digest and loads. Never a mix of the
-    two. Saves to one folder hold its lock, so concurrent ones take turns; each removes what
-    killed saves left behind (temporary files, pending configs of older saves) once its own pair
-    is in place.
+    digest of their config and the values of its shaping fields (so that a hand edit of any other
+    field, see ``PeftConfig.NON_SHAPING_FIELDS``, still loads). The new config is written
+    completely (as a pending file named after its digest) before the weights are replaced, and
+    renamed over ``adapter_config.json`` last: a save killed at any point leaves either the
+    previous pair, or the new weights with their config still pending, which ``read_adapter``
+    recognises by the digest and loads. Never a mix of the two. Saves to one folder hold its lock,
+    so concurrent ones take turns; each removes what killed saves left behind (temporary files,
+    pending configs of older saves) once its own pair is in place.
     """
     config = peft_model.peft_config[name].replace(inference_mode=True)
     tensors = _state_dict.adapter_state_dict(peft_model, name)
@@ -59,7 +70,7 @@ def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None)
     os.makedirs(folder, exist_ok=True)
     text = config.to_json()
     digest = _digest(config.to_dict())
-    metadata = {"format": "pt", DIGEST_KEY: digest}
+    metadata = {"format": "pt", DIGEST_KEY: digest, SHAPING_KEY: _shaping_values(config)}
     pending = os.path.join(folder, _pending_name(digest))
     with _io.folder_lock(folder):
         _io.remove_leftovers(folder, (_io.TMP_GLOB,))
@@ -117,7 +128,7 @@ def read_adapter(
             f"{folder}: the adapter changed while it was being read (another process is saving into it); "
             "load it again once the save has finished"
         )
-    loaded, tensors = _understood(folder, config, raw, tensors, metadata.get(DIGEST_KEY))
+    loaded, tensors = _understood(folder, config, raw, tensors, metadata)
     if not allow_nonfinite:
         _check_finite(folder, tensors)
     return loaded, tensors
@@ -148,9 +159,13 @@ def _read_snapshot(
 
 
 def _understood(
-    folder: str, config: PeftConfig | None, raw: dict[str, Any], tensors: dict[str, Any], digest: str | None
+    folder: str,
+    config: PeftConfig | None,
+    raw: dict[str, Any],
+    tensors: dict[str, Any],
+    metadata: dict[str, str],
 ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
-    """The config as a peftkit config (legacy formats translated by the plugins), checked against the digest."""
+    """The config as a peftkit config (legacy formats translated by the plugins), checked against the weights'."""
     from peftkit._plugins import first_answer
 
     on_disk = dict(raw)
@@ -167,13 +182,50 @@ def _understood(
     if not isinstance(loaded, PeftConfig):
         raise TypeError(f"config must be a peftkit config, got {type(loaded).__name__}")
     # Checked after the config is understood, so an unknown peft_type is reported as such.
+    digest = metadata.get(DIGEST_KEY)
     if config is None and digest is not None and _digest(on_disk) != digest:
+        _check_edits(folder, on_disk, metadata.get(SHAPING_KEY))
+    return loaded, tensors
+
+
+def _check_edits(folder: str, on_disk: dict[str, Any], recorded: str | None) -> None:
+    """Accept a config edited since its weights were saved only if no shaping field changed; else name them."""
+    saved = _recorded_values(recorded)
+    if saved is None:
         raise _io.CheckpointError(
-            f"{folder}: {CONFIG_NAME} does not match adapter_model.safetensors (a setting that shapes the "
-            "weights was edited, or a save was interrupted between the two files); save the adapter again, "
+            f"{folder}: {CONFIG_NAME} does not match adapter_model.safetensors (it was edited, or a save was "
+            "interrupted between the two files; the weights do not record which settings shape them, as "
+            "peftkit 0.1 saved none, so any edit but a descriptive field is refused); save the adapter again, "
             "or pass config=... to load it with a config you trust"
         )
-    return loaded, tensors
+    changed = [
+        f"{name}: {_brief(value)} -> {_brief(on_disk[name]) if name in on_disk else '(removed)'}"
+        for name, value in sorted(saved.items())
+        if name not in on_disk or on_disk[name] != value
+    ]
+    if changed:
+        raise _io.CheckpointError(
+            f"{folder}: {CONFIG_NAME} does not match adapter_model.safetensors: {'; '.join(changed)} "
+            "(saved value -> value now). A setting that shapes the weights was edited, or a save was interrupted "
+            "between the two files; set it back, save the adapter again, or pass config=... to load it with a "
+            "config you trust"
+        )
+
+
+def _recorded_values(text: str | None) -> dict[str, Any] | None:
+    """The shaping fields recorded in the weights' metadata; None if absent (peftkit 0.1) or unreadable."""
+    if text is None:
+        return None
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return values if isinstance(values, dict) else None
+
+
+def _brief(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 3] + "..."
 
 
 def _check_finite(folder: str, tensors: dict[str, torch.Tensor]) -> None:

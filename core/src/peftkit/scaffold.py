@@ -218,6 +218,8 @@ class ${Name}Config(peftkit.PeftConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "$NAME"
+    # Only used when the adapter is created, so editing it in a saved adapter_config.json is harmless.
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"init_weights"})
 
     r: int = 8
     alpha: float = 8.0

@@ -201,7 +201,7 @@ def test_token_classification_pads_labels() -> None:
         ({"task_type": "CAUSAL_LM"}, "num_virtual_tokens"),
         (
             {"task_type": "CAUSAL_LM", "num_virtual_tokens": 2, "target_modules": ["q_proj"]},
-            "adapts no layers",
+            "has no target_modules field",
         ),
         ({"task_type": "CAUSAL_LM", "num_virtual_tokens": 2, "prompt_tuning_init": "TEXT"}, "tokenizer"),
         ({"task_type": "CAUSAL_LM", "num_virtual_tokens": 2, "prompt_tuning_init": "SOMETHING"}, "RANDOM"),

@@ -320,12 +320,10 @@ def test_budget_larger_than_the_layer_is_refused() -> None:
     assert not any("shira" in name for name, _ in model.named_modules())
 
 
-def test_peftkit_only_fields_are_written_only_when_set() -> None:
-    """Hugging Face PEFT's ShiraConfig lacks them; at their defaults they are left out of the file."""
+def test_base_fields_peft_lacks_are_not_written_and_not_accepted() -> None:
+    """Hugging Face PEFT's ShiraConfig has no bias, exclude_modules or layer selection: neither has ours."""
     plain = ShiraConfig(target_modules=["q_proj"]).to_dict()
     assert not {"bias", "exclude_modules", "layers_pattern", "layers_to_transform"} & set(plain)
-    layered = ShiraConfig(
-        target_modules=["q_proj"], layers_to_transform=[0], layers_pattern="layers"
-    ).to_dict()
-    assert layered["layers_to_transform"] == [0] and layered["layers_pattern"] == "layers"
     assert ShiraConfig.from_dict(plain) == ShiraConfig(target_modules=["q_proj"])
+    with pytest.raises(peftkit.ConfigError, match=r"no layers_to_transform or layers_pattern field.*regex"):
+        ShiraConfig(target_modules=["q_proj"], layers_to_transform=[0], layers_pattern="layers")

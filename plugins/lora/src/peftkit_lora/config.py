@@ -57,6 +57,8 @@ class LoraConfig(PeftConfig):
 
     PEFT_TYPE: ClassVar[str] = "LORA"
     BIAS_EXTRA: ClassVar[tuple[str, ...]] = ("lora_only",)
+    # init_lora_weights shapes the loaded model (PiSSA and OLoRA rewrite the base weight), dropout does not.
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"lora_dropout"})
 
     r: int = 8
     lora_alpha: int = 8

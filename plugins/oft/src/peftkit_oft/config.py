@@ -29,6 +29,7 @@ class OFTConfig(PeftConfig):
 
     PEFT_TYPE: ClassVar[str] = "OFT"
     BIAS_EXTRA: ClassVar[tuple[str, ...]] = ("oft_only",)
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"module_dropout", "init_weights"})
 
     r: int = 0
     oft_block_size: int = 32

@@ -7,8 +7,6 @@ from typing import Any, ClassVar
 
 from peftkit import ConfigError, PeftConfig
 
-# Fields of the layer methods that mean nothing here; not written to adapter_config.json.
-_LAYER_FIELDS = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "bias")
 SUPPORTED_TASKS = ("CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS")
 
 
@@ -21,7 +19,10 @@ class PromptLearningConfig(PeftConfig):
     encoder-decoder models, else 1) are read from the model's config when left ``None`` and saved
     filled in. For prefix tuning on grouped-query attention models, ``token_dim`` and
     ``num_attention_heads`` describe the key/value heads (``head_dim * num_key_value_heads``).
+    Prompt learning adapts no layers, so of the base fields it has only ``modules_to_save``.
     """
+
+    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset({"modules_to_save"})
 
     num_virtual_tokens: int | None = None
     token_dim: int | None = None
@@ -46,14 +47,6 @@ class PromptLearningConfig(PeftConfig):
             raise ConfigError(
                 "num_transformer_submodules must be 1 (decoder or encoder only) or 2 (encoder-decoder)"
             )
-        used = [f for f in _LAYER_FIELDS if getattr(self, f) not in (None, "none")]
-        if used:
-            raise ConfigError(
-                f"{type(self).__name__} adapts no layers; {used} do not apply (prompt learning changes the inputs)"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().to_dict().items() if k not in _LAYER_FIELDS}
 
 
 @dataclass
@@ -66,6 +59,9 @@ class PromptTuningConfig(PromptLearningConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "PROMPT_TUNING"
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs"}
+    )
     INITS: ClassVar[tuple[str, ...]] = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
 
     prompt_tuning_init: str = "RANDOM"
@@ -100,6 +96,7 @@ class PrefixTuningConfig(PromptLearningConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "PREFIX_TUNING"
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"init_weights"})
 
     init_weights: str | None = None
     encoder_hidden_size: int | None = None
@@ -121,6 +118,7 @@ class PromptEncoderConfig(PromptLearningConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "P_TUNING"
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"encoder_dropout"})
     TYPES: ClassVar[tuple[str, ...]] = ("MLP", "LSTM")
 
     encoder_reparameterization_type: str = "MLP"

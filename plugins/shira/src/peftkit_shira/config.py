@@ -13,10 +13,6 @@ from typing import Any, ClassVar
 
 from peftkit import ConfigError, PeftConfig
 
-# Fields of peftkit's base config that Hugging Face PEFT's ShiraConfig lacks, with their defaults:
-# written only when set, so that peft reads our adapters without "unexpected keyword" warnings.
-_NOT_IN_PEFT = {"bias": "none", "exclude_modules": None, "layers_pattern": None, "layers_to_transform": None}
-
 
 @dataclass
 class ShiraConfig(PeftConfig):
@@ -33,6 +29,10 @@ class ShiraConfig(PeftConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "SHIRA"
+    # Hugging Face PEFT's ShiraConfig has no bias, exclude_modules or layer selection.
+    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset({"target_modules", "modules_to_save"})
+    # The mask is saved as shira_indices, so how it was drawn no longer matters once saved.
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"init_weights", "mask_type", "random_seed"})
     # Set on an instance (``config.mask_fn = fn``); a ClassVar so it is never a serialised field.
     mask_fn: ClassVar[Callable[[Any, int], Any] | None] = None
 
@@ -58,14 +58,6 @@ class ShiraConfig(PeftConfig):
             raise ConfigError(
                 f"init_weights must be True (zeros) or False (random values), got {self.init_weights!r}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every serialisable field, minus peftkit-only fields left at their defaults (see ``_NOT_IN_PEFT``)."""
-        out = super().to_dict()
-        for name, default in _NOT_IN_PEFT.items():
-            if out.get(name, default) == default:
-                out.pop(name, None)
-        return out
 
     def replace(self, **changes: Any) -> ShiraConfig:
         """A copy with some fields changed; a mask function set on this config is kept."""

@@ -24,6 +24,9 @@ class VeraConfig(PeftConfig):
 
     PEFT_TYPE: ClassVar[str] = "VERA"
     BIAS_EXTRA: ClassVar[tuple[str, ...]] = ("vera_only",)
+    # Hugging Face PEFT's VeraConfig has no exclude_modules.
+    BASE_FIELDS: ClassVar[frozenset[str]] = PeftConfig.BASE_FIELDS - {"exclude_modules"}
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"vera_dropout", "d_initial", "init_weights"})
 
     r: int = 256
     projection_prng_key: int = 0
