@@ -52,6 +52,7 @@ class AdapterLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.view = view
+        view.adapter_layer = self  # so a view that replaces its module (replace_module) updates base_layer
         self.adapter_configs: dict[str, Any] = {}
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
