@@ -240,7 +240,7 @@ def test_load_plugins_allow_list(
     assert [b.name for b in registry.backends] == ["dense"]
     import torch
 
-    view = pm.hook.peftkit_base_layer_view(module=torch.nn.Linear(3, 5))
+    view = pm.hook.peftkit_base_layer_view(module=torch.nn.Linear(3, 5), path="", model=None)
     assert (view.kind, view.in_features, view.out_features) == ("linear", 3, 5)
 
 
