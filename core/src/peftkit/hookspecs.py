@@ -53,8 +53,13 @@ def peftkit_translate_checkpoint(config: dict[str, Any], tensors: dict[str, Any]
 
 
 @hookspec
-def peftkit_describe_backends() -> list[tuple[str, list[str]]]:
-    """Called at discovery, for ``peftkit list-methods``: return ``[(backend name, [layer type names])]`` served here."""
+def peftkit_describe_backends() -> list[tuple[str, dict[str, str] | list[str]]]:
+    """Called at discovery: return ``[(backend name, {layer type name: view kind})]`` for the views served here.
+
+    The kind is the ``kind`` of the views (``"linear"``, ``"conv"``, ``"embedding"``); ``list-methods``
+    matches methods to backends by it. A plain list of layer type names is still read, its kinds
+    guessed from the names (``Linear4bit`` is linear).
+    """
 
 
 @hookspec
