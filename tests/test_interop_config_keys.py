@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import peft
 import pytest
@@ -40,6 +39,11 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "vera",
         "VeraConfig",
         {"r": 8, "layers_to_transform": [1], "layers_pattern": "layers", **LAYERS},
+    ),
+    "ia3": (
+        "ia3",
+        "IA3Config",
+        {"target_modules": ["q_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
     ),
     "prompt": ("prompt_tuning", "PromptTuningConfig", PROMPT),
     "prefix": ("prefix_tuning", "PrefixTuningConfig", {"prefix_projection": True, **PROMPT}),
@@ -80,27 +84,3 @@ def test_saved_keys_are_peft_keys_and_each_library_reads_the_other_silently(
     with no_peftkit_warnings():
         loaded = peftkit.PeftModel.from_pretrained(tiny_llama(), theirs)
     assert set(loaded.peft_config["default"].to_dict()) == _saved_keys(theirs)
-
-
-@dataclass
-class IA3LikeConfig(peftkit.PeftConfig):
-    """The config docs/plugins.md shows for an IA3 plugin: peft's IA3Config has no bias or layer selection."""
-
-    PEFT_TYPE: ClassVar[str] = "IA3"
-    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"target_modules", "exclude_modules", "modules_to_save"}
-    )
-    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"init_ia3_weights"})
-    feedforward_modules: list[str] | str | None = None
-    fan_in_fan_out: bool = False
-    init_ia3_weights: bool = True
-
-
-def test_a_third_party_config_can_declare_the_base_fields_its_peft_config_lacks() -> None:
-    ours = IA3LikeConfig(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]).to_dict()
-    assert set(ours) == set(peft.IA3Config().to_dict())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        theirs = peft.PeftConfig.from_peft_type(**ours)
-    assert not [str(w.message) for w in caught if "keyword" in str(w.message)]
-    assert type(theirs).__name__ == "IA3Config" and theirs.feedforward_modules == {"down_proj"}

@@ -158,7 +158,10 @@ def test_disable_adapter_layers_lasts_until_enabled_and_the_context_restores_it(
     model = _two_adapters()
     x = torch.randn(3, 10)
     with torch.no_grad():
-        adapted, base = model(x), model.get_base_model().lin1(torch.relu(model.get_base_model().lin0.base_layer(x)))
+        adapted, base = (
+            model(x),
+            model.get_base_model().lin1(torch.relu(model.get_base_model().lin0.base_layer(x))),
+        )
         model.disable_adapter_layers()
         assert torch.allclose(model(x), base)
         with model.disable_adapter():

@@ -54,6 +54,7 @@ def test_installed_plugin_is_listed_and_broken_one_reported(site: Path) -> None:
         "distribution": "peftkit-scale",
         "version": "0.3.1",
         "layer_types": ["Linear", "Conv1D"],
+        "view_kinds": ["linear"],  # derived from layer_types: the plugin predates view kinds
     }
     assert methods["lora"]["distribution"] == "peftkit-lora"
     assert doc["broken"]["broken"] == (

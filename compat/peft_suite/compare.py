@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from pathlib import Path
+
+import tomllib
 
 HERE = Path(__file__).parent
 
@@ -42,7 +43,9 @@ def outcomes(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("baseline", type=Path)
     parser.add_argument("peftkit", type=Path)
     parser.add_argument("--causes", type=Path, default=HERE / "causes.toml")

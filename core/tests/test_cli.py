@@ -99,6 +99,25 @@ def test_list_methods_reports_broken_plugins_and_conflicts(capsys: pytest.Captur
     assert len(doc["conflicts"]) == 1 and "dist-a==1" in doc["conflicts"][0]
 
 
+def test_list_methods_shows_view_kinds_and_matches_methods_by_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registry = fake_registry()
+    registry.backends.append(
+        Backend(
+            "hqq", ["HQQLinear", "HQQEmbedding"], kinds={"HQQLinear": "linear", "HQQEmbedding": "embedding"}
+        )
+    )
+    registry.backends.append(Backend("odd", ["Weird"]))  # no kind declared, none to guess from the name
+    out = run_cli(capsys, "list-methods", registry=registry)[1]
+    assert "linear: HQQLinear; embedding: HQQEmbedding" in out and "unknown kind: Weird" in out
+    scale = next(line for line in out.splitlines() if line.split()[:1] == ["scale"])
+    assert "dense, hqq " in scale and "odd" not in scale
+    doc = json.loads(run_cli(capsys, "list-methods", "--json", registry=registry)[1])
+    assert doc["methods"][0]["view_kinds"] == ["linear"]
+    assert doc["backends"][1]["view_kinds"] == {"HQQLinear": "linear", "HQQEmbedding": "embedding"}
+
+
 def test_list_methods_as_a_program_imports_no_torch() -> None:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "peftkit.cli", "list-methods"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -240,7 +241,7 @@ def test_load_plugins_allow_list(
     assert [b.name for b in registry.backends] == ["dense"]
     import torch
 
-    view = pm.hook.peftkit_base_layer_view(module=torch.nn.Linear(3, 5))
+    view = pm.hook.peftkit_base_layer_view(module=torch.nn.Linear(3, 5), path="", model=None)
     assert (view.kind, view.in_features, view.out_features) == ("linear", 3, 5)
 
 
@@ -292,6 +293,75 @@ def test_duplicate_converters_name_both_distributions(discover: Any) -> None:
     )
     with pytest.raises(DuplicateMethodError, match=r"dist-one==1\.0 and dist-two==1\.0"):
         registry.converter("fake-to-real")
+
+
+class HqqLikeBackend:
+    """A backend whose layer type shares no name with the dense ones: it declares the kind it serves."""
+
+    def __init__(self, answer: Any = None) -> None:
+        self.answer = answer if answer is not None else [("hqq", {"HQQLinear": "linear"})]
+
+    @peftkit.hookimpl
+    def peftkit_describe_backends(self) -> Any:
+        return self.answer
+
+
+def kinds_methods() -> FakeEntryPoint:
+    linear = Method("lin", "LIN", "x:Y", prefix="lin_", layer_types=("Linear", "Conv1D"))
+    emb = Method("emb", "EMB", "x:Y", prefix="emb_", layer_types=("Embedding",))
+    prompt = Method("prompt", "PROMPT", "x:Y")  # adapts no layer
+    return ep("kinds", linear, emb, prompt)
+
+
+def test_methods_meet_backends_by_view_kind_not_by_layer_name(discover: Any) -> None:
+    from peftkit.cli import describe_plugins
+
+    _, registry = discover(kinds_methods(), FakeEntryPoint("hqq", HqqLikeBackend(), dist="peftkit-hqq"))
+    hqq = registry.backends[-1]
+    assert (hqq.name, list(hqq.layer_types), hqq.kinds, hqq.view_kinds) == (
+        "hqq",
+        ["HQQLinear"],
+        {"HQQLinear": "linear"},
+        ("linear",),
+    )
+    served = {m["method"]: m["backends"] for m in describe_plugins(registry)["methods"]}
+    assert served == {"lin": ["dense", "hqq"], "emb": ["dense"], "prompt": ["dense", "hqq"]}
+    assert registry.by_name("lin").view_kinds == ("linear",)  # derived from layer_types
+
+
+def test_a_backend_listing_only_layer_names_still_works_with_kinds_guessed(discover: Any) -> None:
+    legacy = HqqLikeBackend([("old-quant", ["Linear4bit", "QuantConv"])])
+    _, registry = discover(kinds_methods(), FakeEntryPoint("old", legacy))
+    old = registry.backends[-1]
+    assert (list(old.layer_types), old.kinds) == (["Linear4bit", "QuantConv"], {"Linear4bit": "linear"})
+    assert "old" not in registry.broken
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ([("bad", {"HQQLinear": "Linear"})], r"view kinds must be lower-case names"),
+        ([("bad", "HQQLinear")], r"must be a dict \{layer type: view kind\}"),
+        (["HQQLinear"], r"each entry must be \(backend name, \{layer type name: view kind\}\)"),
+    ],
+)
+def test_a_malformed_backend_description_marks_the_plugin_broken(
+    discover: Any, answer: Any, message: str
+) -> None:
+    _, registry = discover(FakeEntryPoint("bad", HqqLikeBackend(answer), dist="peftkit-bad"))
+    assert [b.name for b in registry.backends] == ["dense"]
+    assert re.search(message, registry.broken["bad"]) and "peftkit-bad==1.0" in registry.broken["bad"]
+
+
+def test_a_method_declares_view_kinds_or_gets_them_from_its_layer_types() -> None:
+    assert Method("m", "M", "x:Y", layer_types=("Conv1D", "Conv2d", "Linear")).view_kinds == (
+        "linear",
+        "conv",
+    )
+    assert Method("m", "M", "x:Y", layer_types=("MyLinear",), view_kinds=["linear"]).view_kinds == ("linear",)
+    assert Method("m", "M", "x:Y").view_kinds == ()
+    with pytest.raises(TypeError, match=r"method 'm': view kinds must be lower-case names.*got 'linear'"):
+        Method("m", "M", "x:Y", view_kinds="linear")
 
 
 @pytest.fixture

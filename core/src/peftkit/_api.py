@@ -14,7 +14,7 @@ def config(name: str, **kwargs: Any) -> PeftConfig:
 
 
 def list_methods() -> list[dict[str, Any]]:
-    """The installed methods: name, PEFT type, distribution, version and adaptable layer types."""
+    """The installed methods: name, PEFT type, distribution, version, adaptable layer types and view kinds."""
     return [
         {
             "method": m.name,
@@ -22,6 +22,7 @@ def list_methods() -> list[dict[str, Any]]:
             "distribution": m.dist,
             "version": m.version,
             "layer_types": list(m.layer_types),
+            "view_kinds": list(m.view_kinds),
         }
         for m in sorted(registry().methods.values(), key=lambda m: m.name)
     ]

@@ -53,6 +53,8 @@ class PeftType(str, metaclass=_PeftTypeNames):
     @property
     def value(self) -> str:
         return str.__str__(self)
+
+
 BIAS_MODES = ("none", "all")
 # The PeftConfig fields a method may lack (Hugging Face PEFT's prompt-learning configs have only
 # modules_to_save of these, its ShiraConfig has no bias...); a config declares its own in BASE_FIELDS.

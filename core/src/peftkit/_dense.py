@@ -8,7 +8,15 @@ import pluggy
 
 hookimpl = pluggy.HookimplMarker("peftkit")
 
-LAYER_TYPES = ["Linear", "Conv1D (transformers)", "Embedding", "Conv1d", "Conv2d", "Conv3d"]
+# layer type name -> the kind of view served for it
+LAYER_KINDS = {
+    "Linear": "linear",
+    "Conv1D (transformers)": "linear",
+    "Embedding": "embedding",
+    "Conv1d": "conv",
+    "Conv2d": "conv",
+    "Conv3d": "conv",
+}
 
 
 def _view_table() -> dict[type, Any]:
@@ -57,5 +65,5 @@ def peftkit_base_layer_view(module: Any) -> Any:
 
 
 @hookimpl
-def peftkit_describe_backends() -> list[tuple[str, list[str]]]:
-    return [("dense", LAYER_TYPES)]
+def peftkit_describe_backends() -> list[tuple[str, dict[str, str]]]:
+    return [("dense", LAYER_KINDS)]

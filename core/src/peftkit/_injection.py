@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -13,25 +14,30 @@ from peftkit._registry import Method
 from peftkit._targeting import find_targets
 from peftkit.errors import UnsupportedLayerError
 from peftkit.layer import AdapterLayer, ModulesToSave
+from peftkit.views import BaseLayerView
 
 
-def get_view(module: nn.Module) -> Any:
-    """The base-layer view a backend offers for ``module``, or None (a failing backend is disabled, see first_answer)."""
+def get_view(module: nn.Module, path: str = "", model: nn.Module | None = None) -> BaseLayerView | None:
+    """The base-layer view a backend offers for ``module``, the one at ``path`` in ``model``, or None.
+
+    A failing backend is disabled (see first_answer); ``path`` and ``model`` reach backends that ask for them.
+    """
     from peftkit._plugins import first_answer
-    from peftkit.views import BaseLayerView
 
     return first_answer(
         "peftkit_base_layer_view",
         lambda view: isinstance(view, BaseLayerView),
         "a peftkit.BaseLayerView",
         module=module,
+        path=path,
+        model=model,
     )
 
 
-def _is_linear(module: nn.Module) -> bool:
+def _is_linear(model: nn.Module, path: str, module: nn.Module) -> bool:
     if isinstance(module, (AdapterLayer, nn.Embedding)) or not hasattr(module, "weight"):
         return False
-    view = get_view(module)
+    view = get_view(module, path, model)
     return view is not None and view.kind == "linear"
 
 
@@ -66,7 +72,8 @@ def inject_adapter(
 
     ``owner`` holds the method's model-level tensors (default: ``model``). Returns the adapted module names.
     """
-    targets = find_targets(model, config, dict(method.default_targets), _is_linear, _skip)
+    is_linear = partial(_is_linear, model)
+    targets = find_targets(model, config, dict(method.default_targets), is_linear, _skip)
     layer_cls = method.layer_class
     plans: list[tuple[str, AdapterLayer, bool]] = []
     for target in targets:
@@ -79,7 +86,7 @@ def inject_adapter(
                 )
             plans.append((target, module, False))
             continue
-        view = get_view(module)
+        view = get_view(module, target, model)
         if view is None:
             raise UnsupportedLayerError(
                 f"{method.name}: module {target!r} of type {type(module).__name__} cannot be adapted; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from importlib import metadata  # 3.10+ has entry_points(group=...): no backport needed
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from peftkit import hookspecs
-from peftkit._registry import Backend, Converter, Method, Registry
+from peftkit._registry import Backend, Converter, Method, Registry, view_kinds_of
 
 GROUP = "peftkit"
 ALLOW_ENV = "PEFTKIT_LOAD_PLUGINS"
@@ -124,7 +124,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
                 registry.add_converter(_with_origin(converter, origin))
     for plugin, origin, items in backends:
         if plugin not in registry.broken:
-            registry.backends.extend(Backend(name, types, *origin) for name, types in items)
+            registry.backends.extend(
+                Backend(name, types, *origin, kinds=kinds) for name, types, kinds in items
+            )
     return registry
 
 
@@ -141,7 +143,7 @@ def _collect(
         items: list[Any] = []
         try:
             if make_register is None:
-                items = [(str(name), [str(t) for t in types]) for name, types in impl.function() or []]
+                items = [_backend_entry(entry) for entry in impl.function() or []]
             else:
                 kwargs = {"register": make_register(items)}
                 impl.function(*[kwargs[arg] for arg in impl.argnames])
@@ -152,6 +154,26 @@ def _collect(
             continue
         results.append((impl.plugin_name, origin, items))
     return results
+
+
+def _backend_entry(entry: Any) -> tuple[str, list[str], dict[str, str]]:
+    """One ``peftkit_describe_backends`` entry as ``(name, layer types, {layer type: view kind})``.
+
+    The older form, a list of layer types, declares no kinds: :class:`Backend` guesses them.
+    """
+    if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
+        raise TypeError(
+            f"peftkit_describe_backends returned {entry!r}; each entry must be "
+            "(backend name, {layer type name: view kind}), like ('bnb', {'Linear4bit': 'linear'})"
+        )
+    name, served = entry
+    if isinstance(served, Mapping):
+        kinds = {str(layer): kind for layer, kind in served.items()}
+        view_kinds_of(list(kinds.values()), f"backend {name!r}")
+        return name, list(kinds), kinds
+    if isinstance(served, (list, tuple)):
+        return name, [str(layer) for layer in served], {}
+    raise TypeError(f"backend {name!r}: layer types must be a dict {{layer type: view kind}}, got {served!r}")
 
 
 def _method_register(sink: list[Any]) -> Callable[[Method], None]:

@@ -6,7 +6,7 @@ import difflib
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,9 @@ class Method:
     the layer class subclasses :class:`peftkit.AdapterLayer`. ``prefix`` starts the names of the
     method's parameters (``"lora_"``). ``default_targets`` maps a transformers ``model_type`` to
     module names. ``layer_types`` names the base layers the method can adapt (for ``list-methods``).
-    ``model_level`` names attributes of the model-level holder (``PeftModel.base_model``) that hold
+    ``view_kinds`` names the kinds of base-layer view it adapts (``"linear"``, ``"conv"``,
+    ``"embedding"``), which is how methods meet backends (left empty, they are derived from
+    ``layer_types``). ``model_level`` names attributes of the model-level holder (``PeftModel.base_model``) that hold
     adapter tensors shared by layers, each a :class:`peftkit.layer.ModelLevelStore` (VeRA's projections).
     ``hooks`` maps the names declared by :class:`peftkit.hookspecs.MethodHooks` (``prepare_config``,
     ``create_adapter``, ``forward``, ``generate``, ``state_slots``, ``convert_for_initial_model``) to
@@ -59,6 +61,7 @@ class Method:
     prefix: str = ""
     default_targets: Mapping[str, Sequence[str]] = field(default_factory=dict)
     layer_types: Sequence[str] = ()
+    view_kinds: Sequence[str] = ()
     model_level: Sequence[str] = ()
     model_methods: Mapping[str, Any] = field(default_factory=dict)
     hooks: Mapping[str, Any] = field(default_factory=dict)
@@ -75,6 +78,8 @@ class Method:
                 f"Method {self.name!r}: peft_type {self.peft_type!r} must be upper case letters, digits and '_' "
                 "(like 'LORA')"
             )
+        kinds = view_kinds_of(self.view_kinds, f"method {self.name!r}")
+        object.__setattr__(self, "view_kinds", kinds or guess_view_kinds(self.layer_types))
         _check_fields(self)
 
     def check_contract(self) -> None:
@@ -225,16 +230,57 @@ def _of(origin: str) -> str:
 
 @dataclass(frozen=True)
 class Backend:
-    """A base-layer backend as ``peftkit_describe_backends`` describes it (for ``list-methods``)."""
+    """A base-layer backend as ``peftkit_describe_backends`` describes it (for ``list-methods``).
+
+    ``kinds`` maps each of its ``layer_types`` to the kind of view it serves that layer as; a
+    layer type left out is guessed from its name (:func:`guess_view_kind`), as for backends
+    written before kinds were declared.
+    """
 
     name: str
     layer_types: Sequence[str]
     dist: str = "unknown"
     version: str = "0"
+    kinds: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        view_kinds_of(list(self.kinds.values()), f"backend {self.name!r}")
+        kinds = {t: self.kinds.get(t) or guess_view_kind(t) for t in self.layer_types}
+        object.__setattr__(self, "kinds", {t: kind for t, kind in kinds.items() if kind})
+
+    @property
+    def view_kinds(self) -> tuple[str, ...]:
+        """The view kinds served, each once, in layer-type order."""
+        return tuple(dict.fromkeys(self.kinds.values()))
 
     @property
     def origin(self) -> str:
         return f"{self.dist}=={self.version}"
+
+
+# How layer type names looked before backends declared kinds: the dense layers' own names, and
+# quantized stand-ins named after them (bitsandbytes' ``Linear4bit``). GPT-2's ``Conv1D`` is linear.
+_KIND_BY_PREFIX = (("Conv1D", "linear"), ("Linear", "linear"), ("Embedding", "embedding"), ("Conv", "conv"))
+
+
+def guess_view_kind(layer_type: str) -> str | None:
+    """The view kind a layer type name suggests (``"Linear8bitLt"`` -> ``"linear"``), or None."""
+    return next((kind for prefix, kind in _KIND_BY_PREFIX if layer_type.startswith(prefix)), None)
+
+
+def guess_view_kinds(layer_types: Sequence[str]) -> tuple[str, ...]:
+    """The view kinds of ``layer_types`` by name, each once, in order."""
+    return tuple(dict.fromkeys(k for k in map(guess_view_kind, layer_types) if k))
+
+
+def view_kinds_of(kinds: Any, owner: str) -> tuple[str, ...]:
+    """``kinds`` as a tuple of kind names; a TypeError naming ``owner`` when they are not lower-case names."""
+    names = None if isinstance(kinds, str) or not isinstance(kinds, Iterable) else tuple(kinds)
+    if names is None or not all(isinstance(k, str) and _NAME.match(k) for k in names):
+        raise TypeError(
+            f"{owner}: view kinds must be lower-case names such as ('linear', 'conv'), got {kinds!r}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)

@@ -114,17 +114,18 @@ def find_targets(
     model: nn.Module,
     config: Any,
     default_targets: dict[str, Sequence[str]],
-    is_linear: Callable[[nn.Module], bool],
+    is_linear: Callable[[str, nn.Module], bool],
     skip: Callable[[nn.Module], bool],
 ) -> list[str]:
     """Names of the modules to adapt, in model order; an error lists what was asked when nothing matches.
 
-    ``skip`` says which modules are adapter layers: their children are never targets.
+    ``is_linear(name, module)`` decides ``"all-linear"``; ``skip`` says which modules are adapter
+    layers: their children are never targets.
     """
     spec = resolve_target_spec(config, model, default_targets)
     heads = _output_head_names(model) if spec == ALL_LINEAR else set()
     wanted = (
-        (lambda n, m: is_linear(m) and n not in heads) if spec == ALL_LINEAR else _wrap(name_matcher(spec))
+        (lambda n, m: n not in heads and is_linear(n, m)) if spec == ALL_LINEAR else _wrap(name_matcher(spec))
     )
     excluded = name_matcher(config.exclude_modules)
     in_layer = _layer_index_matcher(config)

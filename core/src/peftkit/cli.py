@@ -176,6 +176,7 @@ def describe_plugins(registry: Registry, check: bool = False) -> dict[str, Any]:
                 "distribution": m.dist,
                 "version": m.version,
                 "layer_types": list(m.layer_types),
+                "view_kinds": list(m.view_kinds),
                 "backends": method_backends(m, registry.backends),
             }
             for m in methods
@@ -186,6 +187,7 @@ def describe_plugins(registry: Registry, check: bool = False) -> dict[str, Any]:
                 "distribution": b.dist,
                 "version": b.version,
                 "layer_types": list(b.layer_types),
+                "view_kinds": dict(b.kinds),
             }
             for b in registry.backends
         ],
@@ -213,20 +215,15 @@ def _contract_problem(method: Method) -> str | None:
 
 
 def method_backends(method: Method, backends: Sequence[Backend]) -> list[str]:
-    """The backends whose layers ``method`` can adapt, derived from the layer types both declare.
+    """The backends that serve a kind of view ``method`` adapts (``"linear"``, ``"conv"``...).
 
-    A backend names each layer type after the layer it stands in for (bitsandbytes' ``Linear4bit``
-    and ``Linear8bitLt`` are linear layers), so a method serves a backend when one of the backend's
-    layer types starts with one of the method's. A method that adapts no layers (prompt learning
-    changes the inputs) works on every backend.
+    Both sides declare kinds (a backend per layer type, a method as ``view_kinds``), so a backend's
+    own layer names (``HQQLinear``) need not resemble the dense ones. A method that adapts no
+    layers (prompt learning changes the inputs) works on every backend.
     """
-    if not method.layer_types:
+    if not method.view_kinds:
         return [b.name for b in backends]
-    return [
-        b.name
-        for b in backends
-        if any(served.startswith(kind) for served in b.layer_types for kind in method.layer_types)
-    ]
+    return [b.name for b in backends if set(b.view_kinds) & set(method.view_kinds)]
 
 
 def _plugins_text(doc: dict[str, Any]) -> str:
@@ -246,9 +243,10 @@ def _plugins_text(doc: dict[str, Any]) -> str:
     if not rows:
         parts[1] = "  none installed; install a method plugin, for example `pip install peftkit-lora`"
     rows = [
-        (b["backend"], b["distribution"], b["version"], ", ".join(b["layer_types"])) for b in doc["backends"]
+        (b["backend"], b["distribution"], b["version"], _by_kind(b["layer_types"], b["view_kinds"]))
+        for b in doc["backends"]
     ]
-    parts += ["", "Backends", _table(("backend", "distribution", "version", "base layers"), rows)]
+    parts += ["", "Backends", _table(("backend", "distribution", "version", "view kind: base layers"), rows)]
     if doc["converters"]:
         rows = [(c["converter"], c["distribution"], c["version"], c["help"]) for c in doc["converters"]]
         parts += [
@@ -263,6 +261,14 @@ def _plugins_text(doc: dict[str, Any]) -> str:
         parts += ["", "Broken plugins (skipped)"]
         parts += [f"  {name}: {error}" for name, error in doc["broken"].items()]
     return "\n".join(parts)
+
+
+def _by_kind(layer_types: Sequence[str], kinds: dict[str, str]) -> str:
+    """``"linear: Linear, Conv1D; conv: Conv2d"``: a backend's layer types grouped by the view kind served."""
+    groups: dict[str, list[str]] = {}
+    for layer_type in layer_types:
+        groups.setdefault(kinds.get(layer_type, "unknown kind"), []).append(layer_type)
+    return "; ".join(f"{kind}: {', '.join(types)}" for kind, types in groups.items())
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

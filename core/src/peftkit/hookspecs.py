@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from peftkit._registry import Method
+    from peftkit.views import BaseLayerView
 
 hookspec = pluggy.HookspecMarker("peftkit")
 
@@ -32,10 +35,14 @@ def peftkit_register_methods(register: Callable[[Method], None]) -> None:
 
 
 @hookspec(firstresult=True)
-def peftkit_base_layer_view(module: Any) -> Any:
+def peftkit_base_layer_view(module: nn.Module, path: str, model: nn.Module | None) -> BaseLayerView | None:
     """Called for each module to adapt: return a ``BaseLayerView`` for it, or None to let others answer.
 
-    The core's dense view answers last (``trylast``), so backends such as bitsandbytes answer first.
+    ``path`` is the module's dotted name in ``model``, the model being adapted (a transformers model
+    keeps its ``quantization_config`` in ``model.config``); both are ``""`` / None when a view is
+    asked for a bare module. Take only the arguments you use: ``peftkit_base_layer_view(module)``
+    is a valid implementation. Targeting may ask more than once per module, so keep state in the
+    view. The core's dense view answers last (``trylast``), so backends such as bitsandbytes answer first.
     """
 
 
@@ -46,8 +53,13 @@ def peftkit_translate_checkpoint(config: dict[str, Any], tensors: dict[str, Any]
 
 
 @hookspec
-def peftkit_describe_backends() -> list[tuple[str, list[str]]]:
-    """Called at discovery, for ``peftkit list-methods``: return ``[(backend name, [layer type names])]`` served here."""
+def peftkit_describe_backends() -> list[tuple[str, dict[str, str] | list[str]]]:
+    """Called at discovery: return ``[(backend name, {layer type name: view kind})]`` for the views served here.
+
+    The kind is the ``kind`` of the views (``"linear"``, ``"conv"``, ``"embedding"``); ``list-methods``
+    matches methods to backends by it. A plain list of layer type names is still read, its kinds
+    guessed from the names (``Linear4bit`` is linear).
+    """
 
 
 @hookspec

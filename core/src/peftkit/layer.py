@@ -73,6 +73,7 @@ class AdapterLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.view = view
+        view.adapter_layer = self  # so a view that replaces its module (replace_module) updates base_layer
         self.adapter_configs = {}
         self.active_adapters = []
         self.merged_adapters = []

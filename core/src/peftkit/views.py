@@ -20,9 +20,11 @@ from peftkit.errors import MergeNotSupportedError
 class BaseLayerView:
     """What a method may ask of the layer it adapts. Subclass and override what differs.
 
-    Attributes: ``kind`` is ``"linear"``, ``"embedding"`` or ``"conv"``; ``in_features`` and
-    ``out_features`` are the logical sizes (channels for convolutions, vocabulary and dim for
-    embeddings); ``fan_in_fan_out`` is True when the stored weight is ``(in, out)``.
+    Attributes: ``kind`` is ``"linear"``, ``"embedding"`` or ``"conv"`` (the kinds a backend
+    declares in ``peftkit_describe_backends``); ``in_features`` and ``out_features`` are the
+    logical sizes (channels for convolutions, vocabulary and dim for embeddings);
+    ``fan_in_fan_out`` is True when the stored weight is ``(in, out)``; ``adapter_layer`` is the
+    adapter layer built around this view (None until there is one).
     """
 
     kind: str = "linear"
@@ -30,9 +32,37 @@ class BaseLayerView:
     fan_in_fan_out: bool = False
 
     def __init__(self, module: nn.Module, in_features: int, out_features: int) -> None:
-        self.module = module
+        self._module = module
+        self.adapter_layer: nn.Module | None = None
         self.in_features = in_features
         self.out_features = out_features
+
+    @property
+    def module(self) -> nn.Module:
+        """The layer this view wraps; assigning another one is :meth:`replace_module`."""
+        return self._module
+
+    @module.setter
+    def module(self, new: nn.Module) -> None:
+        self.replace_module(new)
+
+    def replace_module(self, new: nn.Module) -> None:
+        """Wrap ``new`` from now on: for backends that store a written weight by building a new layer.
+
+        Call it from ``write_weight`` (HQQ-style re-quantization). ``new`` must have the old layer's
+        tensor names, so state-dict keys do not change; it takes over the old layer's train/eval
+        mode and ``requires_grad`` flags, and the adapter layer holds it as its ``base_layer``, so
+        ``.to()``, saving and unloading see it.
+        """
+        if not isinstance(new, nn.Module):
+            raise TypeError(f"{type(self).__name__}.replace_module expects a torch.nn.Module, got {new!r}")
+        old = getattr(self, "_module", None)  # None while a subclass's __init__ assigns the first one
+        if old is not None and old is not new:
+            _adopt(old, new, self.layer_type)
+        self._module = new
+        layer = getattr(self, "adapter_layer", None)
+        if layer is not None:
+            layer.base_layer = new
 
     @property
     def layer_type(self) -> str:
@@ -92,6 +122,24 @@ class BaseLayerView:
         if bias is None:
             raise MergeNotSupportedError(f"{self.layer_type} has no bias to merge an adapter bias into")
         bias.data.add_(delta.to(bias.dtype))
+
+
+def _tensor_names(module: nn.Module) -> list[str]:
+    return sorted([*(n for n, _ in module.named_parameters()), *(n for n, _ in module.named_buffers())])
+
+
+def _adopt(old: nn.Module, new: nn.Module, layer_type: str) -> None:
+    """Make ``new`` stand in for ``old``: the same tensor names, train/eval mode and frozen parameters."""
+    if _tensor_names(new) != _tensor_names(old):
+        raise ValueError(
+            f"the {type(new).__name__} replacing a {layer_type} holds tensors {_tensor_names(new)}, the old one "
+            f"{_tensor_names(old)}; saved keys would change, so build the replacement with the old layer's settings"
+        )
+    wanted = {name: param.requires_grad for name, param in old.named_parameters()}
+    for name, param in new.named_parameters():
+        if param.requires_grad != wanted[name] and (param.is_floating_point() or not wanted[name]):
+            param.requires_grad_(wanted[name])
+    new.train(old.training)
 
 
 class DenseView(BaseLayerView):

@@ -16,7 +16,6 @@ from torch import nn
 import peftkit
 from peftkit import _dense, cli
 from peftkit._injection import UnsupportedLayerError, get_view
-from peftkit._registry import Backend, Method
 from peftkit_bnb.views import Linear4bitView, Linear8bitView, view_for
 
 IN, OUT = 128, 64  # two 64-wide scale blocks per row; out % 32 == 0 for the CPU 4-bit kernel
@@ -159,9 +158,10 @@ def test_list_methods_shows_the_bnb_backend_and_which_methods_serve_it() -> None
 
     doc = cli.describe_plugins(registry())
     backend = next(b for b in doc["backends"] if b["backend"] == "bnb")
-    assert (backend["distribution"], backend["layer_types"]) == (
+    assert (backend["distribution"], backend["layer_types"], backend["view_kinds"]) == (
         "peftkit-bnb",
         ["Linear8bitLt", "Linear4bit"],
+        {"Linear8bitLt": "linear", "Linear4bit": "linear"},
     )
     lora = next(m for m in doc["methods"] if m["method"] == "lora")
     assert lora["backends"] == ["dense", "bnb"]
@@ -170,21 +170,6 @@ def test_list_methods_shows_the_bnb_backend_and_which_methods_serve_it() -> None
     ).stdout
     assert any(line.split()[:1] == ["bnb"] and "Linear4bit" in line for line in out.splitlines())
     assert "dense, bnb" in next(line for line in out.splitlines() if line.split()[:1] == ["lora"])
-
-
-def test_backend_support_is_derived_from_layer_type_names() -> None:
-    backends = [
-        Backend("dense", ["Linear", "Conv1D (transformers)", "Embedding"]),
-        Backend("q", ["Linear4bit"]),
-    ]
-
-    def served(layer_types: tuple[str, ...]) -> list[str]:
-        return cli.method_backends(Method("m", "M", "x:Y", layer_types=layer_types), backends)
-
-    assert served(("Linear", "Conv1D")) == ["dense", "q"]
-    assert served(("Embedding",)) == ["dense"]
-    assert served(("Conv1D",)) == ["dense"]
-    assert served(()) == ["dense", "q"]  # adapts no layer (prompt learning): any base will do
 
 
 def test_plugin_module_and_plain_models_never_import_bitsandbytes() -> None:

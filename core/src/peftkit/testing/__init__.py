@@ -35,6 +35,9 @@ untargeted (it is then saved as the module copy). A method whose merge is inhere
 inexact may widen ``merge_atol`` / ``unmerge_atol`` on its class, where reviewers see it;
 one whose configs need more than keyword fields can override ``config(case, init)``.
 With ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, enable the plugin with ``-p peftkit.testing``.
+
+A backend plugin subclasses :class:`BackendSuite` instead, which runs every installed method
+that adapts its kinds of view on its layers; see :mod:`peftkit.testing.backend_suite`.
 """
 
 from __future__ import annotations
@@ -49,9 +52,19 @@ _LAZY = {
     "make_model": "peftkit.testing.models",
     "make_inputs": "peftkit.testing.models",
     "MODEL_NAMES": "peftkit.testing.models",
+    "BackendCase": "peftkit.testing.backend_suite",
+    "BackendSuite": "peftkit.testing.backend_suite",
 }
 
-__all__ = ["MODEL_NAMES", "Case", "ConformanceSuite", "make_inputs", "make_model"]
+__all__ = [
+    "MODEL_NAMES",
+    "BackendCase",
+    "BackendSuite",
+    "Case",
+    "ConformanceSuite",
+    "make_inputs",
+    "make_model",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -69,6 +82,12 @@ def pytest_generate_tests(metafunc: Any) -> None:
     # without conformance tests never imports torch from here.
     suite = sys.modules.get("peftkit.testing.suite")
     cls = metafunc.cls
+    backends = sys.modules.get("peftkit.testing.backend_suite")
+    if backends is not None and cls is not None and issubclass(cls, backends.BackendSuite):
+        if "case" in metafunc.fixturenames:
+            cases = cls.cases()
+            metafunc.parametrize("case", cases, ids=[case.id for case in cases])
+        return
     if suite is None or cls is None or not issubclass(cls, suite.ConformanceSuite):
         return
     if "case" not in metafunc.fixturenames:

@@ -11,7 +11,7 @@ from typing import Any
 
 from peftkit import hookimpl
 
-LAYER_TYPES = ["Linear8bitLt", "Linear4bit"]
+LAYER_KINDS = {"Linear8bitLt": "linear", "Linear4bit": "linear"}
 
 
 @hookimpl
@@ -26,5 +26,5 @@ def peftkit_base_layer_view(module: Any) -> Any:
 
 
 @hookimpl
-def peftkit_describe_backends() -> list[tuple[str, list[str]]]:
-    return [("bnb", LAYER_TYPES)]
+def peftkit_describe_backends() -> list[tuple[str, dict[str, str]]]:
+    return [("bnb", LAYER_KINDS)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from peftkit import ConfigError, PeftConfig
 
@@ -15,7 +15,10 @@ class IA3Config(PeftConfig):
     starts the vectors at one (the adapter changes nothing until trained); False draws them at random.
     """
 
-    PEFT_TYPE = "IA3"
+    PEFT_TYPE: ClassVar[str] = "IA3"
+    # Hugging Face PEFT's IA3Config has no layer selection and no bias mode.
+    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset({"target_modules", "exclude_modules", "modules_to_save"})
+    NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"init_ia3_weights"})
 
     feedforward_modules: list[str] | str | None = None
     fan_in_fan_out: bool = False
