@@ -46,6 +46,7 @@ METHOD_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "shira": ("shira", {"r": 8}),
     "oft": ("oft", {"oft_block_size": 16}),
     "vera": ("vera", {"r": 8}),
+    "ia3": ("ia3", {"feedforward_modules": ["v_proj"]}),  # v_proj scaled on its input, q_proj on its output
 }
 
 

@@ -17,7 +17,9 @@ class IA3Config(PeftConfig):
 
     PEFT_TYPE: ClassVar[str] = "IA3"
     # Hugging Face PEFT's IA3Config has no layer selection and no bias mode.
-    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset({"target_modules", "exclude_modules", "modules_to_save"})
+    BASE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"target_modules", "exclude_modules", "modules_to_save"}
+    )
     NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"init_ia3_weights"})
 
     feedforward_modules: list[str] | str | None = None
