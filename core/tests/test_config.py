@@ -3,7 +3,7 @@
 import json
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -141,3 +141,26 @@ def test_a_mistyped_declaration_is_a_type_error_naming_it():
         TypeError, match=r"BadShaping.NON_SHAPING_FIELDS names \['dropuot'\], which are not fields"
     ):
         BadShaping()
+
+
+def test_checkpoint_writer_for_converters_writes_what_load_reads(tmp_path: Any) -> None:
+    """``peftkit.checkpoint.write_adapter_folder`` writes a folder ``from_pretrained`` loads, digest included."""
+    import torch
+    from torch import nn
+
+    import peftkit
+    from peftkit.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_tensors, write_adapter_folder
+
+    model = peftkit.get_peft_model(
+        nn.Sequential(nn.Linear(4, 4)), peftkit.config("lora", target_modules=["0"], r=2)
+    )
+    tensors = peftkit.get_peft_model_state_dict(model)
+    tensors = {k: torch.randn_like(v) for k, v in tensors.items()}
+    write_adapter_folder(str(tmp_path), model.peft_config["default"], tensors)
+    assert (tmp_path / CONFIG_NAME).is_file() and (tmp_path / WEIGHTS_NAME).is_file()
+    _, metadata = load_tensors(str(tmp_path))
+    assert "peftkit_config_digest" in metadata
+    loaded = peftkit.PeftModel.from_pretrained(nn.Sequential(nn.Linear(4, 4)), tmp_path)
+    assert torch.equal(
+        loaded.get_base_model()[0].lora_A["default"].weight, tensors["base_model.model.0.lora_A.weight"]
+    )

@@ -67,6 +67,17 @@ def save_adapter(peft_model: Any, name: str, folder: str, transform: Any = None)
     tensors = _state_dict.adapter_state_dict(peft_model, name)
     if transform is not None:
         config, tensors = transform(config, tensors)
+    write_adapter_folder(folder, config, tensors)
+
+
+def write_adapter_folder(folder: str, config: PeftConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Write one adapter, ``config`` and its on-disk ``tensors``, into ``folder`` as ``save_pretrained`` does.
+
+    Atomic and locked as described in :func:`save_adapter`, with the digest and shaping-field
+    metadata that let a later load tell a hand edit from a harmless one. Public as
+    ``peftkit.checkpoint.write_adapter_folder`` for converters, which build the config and tensors
+    themselves.
+    """
     os.makedirs(folder, exist_ok=True)
     text = config.to_json()
     digest = _digest(config.to_dict())
