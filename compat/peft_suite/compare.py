@@ -42,7 +42,9 @@ def outcomes(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("baseline", type=Path)
     parser.add_argument("peftkit", type=Path)
     parser.add_argument("--causes", type=Path, default=HERE / "causes.toml")

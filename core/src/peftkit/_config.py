@@ -50,6 +50,8 @@ class PeftType(str, metaclass=_PeftTypeNames):
     @property
     def value(self) -> str:
         return str.__str__(self)
+
+
 BIAS_MODES = ("none", "all")
 
 

@@ -23,6 +23,7 @@ class MissConfig(PeftConfig):
     """
 
     PEFT_TYPE: ClassVar[str] = "MISS"
+    BIAS_EXTRA: ClassVar[tuple[str, ...]] = ("miss_only",)  # train the biases of the adapted layers only
 
     r: int = 64
     miss_dropout: float = 0.0
