@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from pathlib import Path
+
+import tomllib
 
 HERE = Path(__file__).parent
 

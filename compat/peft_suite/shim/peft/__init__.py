@@ -6,7 +6,11 @@ Methods peftkit does not implement get placeholder config classes so the test mo
 
 from __future__ import annotations
 
+from peftkit_prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+from peftkit_prompt.config import PromptLearningConfig
+
 import peftkit
+from peft._internal import internal_function, unsupported_method
 from peftkit import (
     PeftModel,
     TaskType,
@@ -21,12 +25,8 @@ from peftkit import (
 from peftkit_lora import LoraConfig
 from peftkit_miss import MissConfig
 from peftkit_oft import OFTConfig
-from peftkit_prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
-from peftkit_prompt.config import PromptLearningConfig
 from peftkit_shira import ShiraConfig
 from peftkit_vera import VeraConfig
-
-from peft._internal import internal_function, unsupported_method
 
 PeftWarning = getattr(peftkit, "PeftWarning", UserWarning)
 convert_to_lora = internal_function("convert_to_lora")

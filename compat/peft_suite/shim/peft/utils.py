@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from peftkit.layer import ModulesToSave
 
 from peft._internal import internal, internal_function
+from peftkit.layer import ModulesToSave
 
 ModulesToSaveWrapper = ModulesToSave
 AuxiliaryTrainingWrapper = internal("AuxiliaryTrainingWrapper")
