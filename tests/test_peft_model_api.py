@@ -198,3 +198,31 @@ def test_state_dict_functions_see_through_parallel_wrappers() -> None:
     x = torch.randn(3, 10)
     with torch.no_grad():
         assert torch.allclose(fresh(x), model(x))
+
+
+def test_several_active_adapters_may_not_each_hold_a_copy_of_one_module() -> None:
+    model = peftkit.get_peft_model(MLP(), LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
+    model.add_adapter("other", LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
+    with pytest.raises(
+        ValueError, match=r"adapters \['default', 'other'\] each train their own copy of lin1"
+    ):
+        model.base_model.set_adapter(["default", "other"])
+    assert model.active_adapters == ["default"]
+    model.set_adapter("other")  # one at a time is fine
+
+
+def test_base_model_active_adapter_is_a_list_while_several_are_active() -> None:
+    model = _two_adapters()
+    assert model.base_model.active_adapter == "default"
+    model.base_model.set_adapter(["default", "other"])
+    assert model.base_model.active_adapter == ["default", "other"]
+    assert model.active_adapter == "default"
+
+
+def test_miss_only_bias_trains_the_biases_of_the_adapted_layers_as_in_peft() -> None:
+    model = peftkit.get_peft_model(
+        MLP(), peftkit.config("miss", r=2, target_modules=["lin0"], bias="miss_only")
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.endswith("lin0.base_layer.bias") for n in trainable)
+    assert not any("lin1" in n for n in trainable)

@@ -68,6 +68,9 @@ class AdaptedModel(nn.Module):
         except AttributeError:
             owner = self.__dict__.get("_owner")
             if name in TUNER_API and owner is not None and owner() is not None:
+                if name == "active_adapter":  # PEFT's tuner answers a list while several are active
+                    active = owner().active_adapters
+                    return active if len(active) > 1 else owner().active_adapter
                 return getattr(owner(), name)
             return getattr(self._modules["model"], name)
 
@@ -370,12 +373,26 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         if unknown:
             raise ValueError(f"unknown adapter(s) {unknown}; this model has {list(self.peft_config)}")
         modules = list(self._adapter_modules())
+        self._check_one_copy_active(names)
         layers = [m for m in modules if isinstance(m, AdapterLayer)]
         if any(layer.merged_adapters for layer in layers):
             self._switch_merged(layers, names)
         for module in modules:
             module.set_active(names)
         self.active_adapters = names
+
+    def _check_one_copy_active(self, names: Sequence[str]) -> None:
+        """Refuse several active adapters that each hold a full copy of one module (``modules_to_save``)."""
+        if len(names) < 2:
+            return
+        for path, module in self.get_base_model().named_modules():
+            if isinstance(module, ModulesToSave):
+                holders = [n for n in names if n in module.adapter_names]
+                if len(holders) > 1:
+                    raise ValueError(
+                        f"adapters {holders} each train their own copy of {path} (modules_to_save), and a full "
+                        "copy cannot be combined with another: activate only one of them at a time"
+                    )
 
     def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
         """Turn training on or off for these adapters, whatever is active."""

@@ -25,6 +25,7 @@ class MissConfig(PeftConfig):
     PEFT_TYPE: ClassVar[str] = "MISS"
     # init_weights picks the variant, so it shapes the weights; dropout does not.
     NON_SHAPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"miss_dropout"})
+    BIAS_EXTRA: ClassVar[tuple[str, ...]] = ("miss_only",)  # train the biases of the adapted layers only
 
     r: int = 64
     miss_dropout: float = 0.0
