@@ -31,9 +31,12 @@ endef
 
 install: .venv/.installed
 
+# The import contracts live in the root pyproject.toml; import-linter caches the import graph
+# (.import_linter_cache), so a second run takes a second.
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-logo
 
 test: lint
 	.venv/bin/python -m pytest -q
