@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ class BufferDict(nn.Module):
         self.register_buffer(name, tensor, persistent=self.persistent)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._buffers[name]
+        return cast(torch.Tensor, self._buffers[name])  # __setitem__ stores tensors only, never None
 
     def __delitem__(self, name: str) -> None:
         if name not in self._buffers:
@@ -73,5 +74,5 @@ class BufferDict(nn.Module):
         return list(self._buffers)
 
     def extra_repr(self) -> str:
-        shapes = {name: tuple(t.shape) for name, t in self._buffers.items()}
+        shapes = {name: tuple(t.shape) for name, t in self._buffers.items() if t is not None}
         return f"persistent={self.persistent}, prng_key={self.prng_key}, {shapes}"
