@@ -28,4 +28,12 @@ def _type_checking_imports() -> dict[str, str]:
 
 
 def test_every_lazy_name_is_imported_for_type_checkers_from_the_same_module() -> None:
-    assert _type_checking_imports() == peftkit._LAZY
+    typed = _type_checking_imports()
+    wrong = {
+        name: (typed.get(name), module) for name, module in peftkit._LAZY.items() if typed.get(name) != module
+    }
+    extra = sorted(set(typed) - set(peftkit._LAZY))
+    assert not wrong and not extra, (
+        "make the `if TYPE_CHECKING:` imports in peftkit/__init__.py match _LAZY; "
+        f"name: (imported from, exported from) {wrong}; imported but not exported: {extra}"
+    )
