@@ -10,7 +10,7 @@ Merging adds the K values to the base weight in place; unmerging subtracts them.
 from __future__ import annotations
 
 import warnings
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +27,10 @@ class IndexBuffers(nn.Module):
         self.register_buffer(name, tensor)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return cast(torch.Tensor, self._buffers[name])  # __setitem__ stores tensors only, never None
+        buffer = self._buffers[name]
+        if buffer is None:  # never stored by __setitem__; a buffer set to None elsewhere is gone
+            raise KeyError(name)
+        return buffer
 
     def __contains__(self, name: object) -> bool:
         return name in self._buffers

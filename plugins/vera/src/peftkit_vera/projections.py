@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import cast
 
 import torch
 from torch import nn
@@ -54,7 +53,10 @@ class BufferDict(nn.Module):
         self.register_buffer(name, tensor, persistent=self.persistent)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return cast(torch.Tensor, self._buffers[name])  # __setitem__ stores tensors only, never None
+        buffer = self._buffers[name]
+        if buffer is None:  # never stored by __setitem__; a buffer set to None elsewhere is gone
+            raise KeyError(name)
+        return buffer
 
     def __delitem__(self, name: str) -> None:
         if name not in self._buffers:
