@@ -31,9 +31,13 @@ endef
 
 install: .venv/.installed
 
+# The import contracts and the mypy settings live in the root pyproject.toml; both tools cache their
+# work (.import_linter_cache, .mypy_cache), so a second run takes seconds.
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-logo
+	.venv/bin/mypy
 
 test: lint
 	.venv/bin/python -m pytest -q

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -48,6 +48,35 @@ _LAZY = {
 _LAZY.update(dict.fromkeys(_errors.__all__, "peftkit.errors"))
 
 __all__ = ["__version__", "hookimpl", *_LAZY]
+
+# The same names for type checkers, which cannot see through __getattr__; a test keeps the two in step.
+if TYPE_CHECKING:
+    from peftkit._api import config, list_methods
+    from peftkit._config import ConfigError, PeftConfig, TaskType
+    from peftkit._hotswap import HotswapError, hotswap_adapter, prepare_model_for_compiled_hotswap
+    from peftkit._injection import UnsupportedLayerError
+    from peftkit._io import CheckpointError
+    from peftkit._registry import Method
+    from peftkit.functional import (
+        get_base_model_state_dict,
+        get_peft_model_state_dict,
+        inject_adapter_in_model,
+        set_base_model_state_dict,
+        set_peft_model_state_dict,
+    )
+    from peftkit.kbit import prepare_model_for_kbit_training
+    from peftkit.layer import AdapterLayer, LayerContractError
+    from peftkit.peft_model import PeftModel
+    from peftkit.tasks import (
+        PeftModelForCausalLM,
+        PeftModelForFeatureExtraction,
+        PeftModelForQuestionAnswering,
+        PeftModelForSeq2SeqLM,
+        PeftModelForSequenceClassification,
+        PeftModelForTokenClassification,
+        get_peft_model,
+    )
+    from peftkit.views import BaseLayerView
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,9 @@ from peftkit.errors import ConfigError
 
 CONFIG_NAME = "adapter_config.json"
 
+if typing.TYPE_CHECKING:
+    from typing_extensions import Self
+
 
 class TaskType(str, enum.Enum):
     """The transformers task a config's ``task_type`` selects a wrapper for; Hugging Face PEFT's names.
@@ -189,7 +192,7 @@ class PeftConfig:
             )
         return build_checked(cls, {k: v for k, v in data.items() if k in known})
 
-    def replace(self, **changes: Any) -> PeftConfig:
+    def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -286,7 +289,8 @@ def check_field_types(cls: type[PeftConfig], values: dict[str, Any]) -> None:
     unions); an annotation of any other kind accepts anything. ``int`` and ``float`` fields take
     any number but ``bool`` (the method checks ranges), and ``list`` fields take tuples.
     """
-    hints = _field_hints(cls)
+    # A class is hashable; mypy checks its class object against the instances' __hash__ = None (eq dataclass).
+    hints = _field_hints(cls)  # type: ignore[arg-type]
     for name, value in values.items():
         hint = hints.get(name)
         if hint is not None and not _fits(value, hint):

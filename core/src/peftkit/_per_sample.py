@@ -84,10 +84,11 @@ def current() -> SampleAdapters | None:
 def sample_adapters(names: Sequence[str], repeat: int = 1) -> Iterator[SampleAdapters]:
     """Use ``names`` (one per sample; ``repeat`` copies each for beam search) in every adapter layer inside the block."""
     global _IN_PROGRESS
-    token = _CURRENT.set(SampleAdapters(names, repeat))
+    current = SampleAdapters(names, repeat)
+    token = _CURRENT.set(current)
     _IN_PROGRESS += 1
     try:
-        yield _CURRENT.get()
+        yield current
     finally:
         _IN_PROGRESS -= 1
         _CURRENT.reset(token)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,14 @@ from peftkit import _injection, _state_dict
 from peftkit._adapter_names import check_adapter_name
 from peftkit._config import PeftConfig
 from peftkit.layer import AdapterLayer
+
+if TYPE_CHECKING:
+    from peftkit._registry import Method
+    from peftkit.layer import ModulesToSave
+
+    _MixedInto = nn.Module
+else:
+    _MixedInto = object
 
 
 def _read(
@@ -60,10 +68,24 @@ def _checked_load(
     return peft_model, unexpected
 
 
-class PersistenceMixin:
+class PersistenceMixin(_MixedInto):
     """``save_pretrained``, ``push_to_hub``, ``from_pretrained`` and ``load_adapter`` of ``PeftModel``."""
 
     peft_config: dict[str, PeftConfig]
+
+    if TYPE_CHECKING:  # PeftModel, which this is mixed into, defines these
+
+        def method_for(self, adapter_name: str) -> Method: ...
+        def _method_hook(self, adapter_name: str, name: str) -> Any: ...
+        def _adapter_modules(self) -> Iterator[AdapterLayer | ModulesToSave]: ...
+        def _cast_adapter(self, adapter_name: str, autocast: bool | None = None) -> None: ...
+        def add_adapter(
+            self,
+            adapter_name: str,
+            peft_config: PeftConfig,
+            low_cpu_mem_usage: bool = False,
+            autocast_adapter_dtype: bool | None = None,
+        ) -> None: ...
 
     def save_pretrained(
         self,

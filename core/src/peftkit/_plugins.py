@@ -36,17 +36,24 @@ def allowed_plugins() -> set[str] | None:
     return {part.strip() for part in allow.split(",") if part.strip()}
 
 
-def make_plugin_manager(entry_points: Iterable[Any] | None = None) -> pluggy.PluginManager:
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager of the ``peftkit`` hooks, with what loading the plugins found out."""
+
+    def __init__(self) -> None:
+        super().__init__("peftkit")
+        self.peftkit_broken: dict[str, str] = {}  # plugin name -> why it could not be loaded
+        self.peftkit_dists: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+
+
+def make_plugin_manager(entry_points: Iterable[Any] | None = None) -> PluginManager:
     """A fresh plugin manager with the built-ins and every allowed, loadable entry point.
 
     ``entry_points`` defaults to the installed ones in group ``peftkit``; tests pass fakes (objects
     with ``name``, ``value``, ``dist`` and ``load()``). Failures are kept in ``pm.peftkit_broken``,
     and each plugin's ``(distribution, version)`` in ``pm.peftkit_dists``.
     """
-    pm = pluggy.PluginManager("peftkit")
+    pm = PluginManager()
     pm.add_hookspecs(hookspecs)
-    pm.peftkit_broken = {}
-    pm.peftkit_dists = {}
     for module_name in BUILTINS:
         pm.register(importlib.import_module(module_name), name=module_name)
         pm.peftkit_dists[module_name] = ("peftkit", _version("peftkit"))
@@ -66,7 +73,7 @@ def _origin(ep: Any) -> tuple[str, str]:
     return dist.name, dist.version
 
 
-def _load_entry_point(pm: pluggy.PluginManager, ep: Any) -> None:
+def _load_entry_point(pm: PluginManager, ep: Any) -> None:
     origin = _origin(ep)
     # Two distributions may pick the same entry-point name; load both so their methods meet in
     # the registry, where a clash is reported with both names instead of one being skipped.
@@ -104,7 +111,7 @@ def _version(dist: str) -> str:
         return "0"
 
 
-def build_registry(pm: pluggy.PluginManager) -> Registry:
+def build_registry(pm: PluginManager) -> Registry:
     """Ask every plugin to register its methods, converters and backends; the core owns naming and collisions.
 
     A plugin any of whose hooks raises (or registers something malformed) contributes nothing, is
@@ -131,7 +138,7 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
 
 def _collect(
-    pm: pluggy.PluginManager, registry: Registry, hook: str, make_register: Callable[[list[Any]], Any] | None
+    pm: PluginManager, registry: Registry, hook: str, make_register: Callable[[list[Any]], Any] | None
 ) -> list[tuple[str, tuple[str, str], list[Any]]]:
     """Call ``hook`` on each plugin in registration order: ``[(plugin name, origin, what it registered)]``.
 
@@ -199,12 +206,12 @@ def _with_origin(item: Any, origin: tuple[str, str]) -> Any:
 
 
 @lru_cache(maxsize=1)
-def _default_state() -> tuple[pluggy.PluginManager, Registry]:
+def _default_state() -> tuple[PluginManager, Registry]:
     pm = make_plugin_manager()
     return pm, build_registry(pm)
 
 
-def plugin_manager() -> pluggy.PluginManager:
+def plugin_manager() -> PluginManager:
     """The process-wide plugin manager, built on first use."""
     return _default_state()[0]
 

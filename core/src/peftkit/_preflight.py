@@ -11,21 +11,25 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from peftkit import _injection, _state_dict
 
+if TYPE_CHECKING:
+    from peftkit.peft_model import PeftModel
+
 
 def _discard(owner: nn.Module, name: str) -> None:
     """Take adapter ``name``, which the failed call added, out of ``owner`` (a PeftModel or a plain model)."""
     configs = getattr(owner, "peft_config", None)
     if isinstance(configs, dict) and hasattr(owner, "get_base_model"):
-        _injection.remove_adapter_layers(owner.get_base_model(), name)
+        peft_model = cast("PeftModel", owner)  # for the type only: peft_model is a layer above
+        _injection.remove_adapter_layers(peft_model.get_base_model(), name)
         if name in configs:
-            owner._drop_model_level(owner.method_for(name), name)
+            peft_model._drop_model_level(peft_model.method_for(name), name)
             del configs[name]
     else:
         _injection.remove_adapter_layers(owner, name)

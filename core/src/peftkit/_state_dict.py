@@ -67,7 +67,7 @@ def bias_slots(
             for key, param in model.named_parameters()
             if key.endswith("bias") and not adapters & set(key.split(".")) and ".modules_to_save." not in key
         }
-    slots = {}
+    slots: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
     for path, module in model.named_modules():
         if isinstance(module, AdapterLayer) and name in module.adapter_names:
             param = getattr(module.base_layer, "bias", None)
@@ -243,8 +243,9 @@ def _embedding_weights(model: nn.Module) -> set[int]:
     kept = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
-    if isinstance(getattr(head, "weight", None), torch.Tensor):
-        kept.add(id(head.weight))
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        kept.add(id(weight))
     return kept
 
 

@@ -129,7 +129,8 @@ def find_targets(
     )
     excluded = name_matcher(config.exclude_modules)
     in_layer = _layer_index_matcher(config)
-    found, inside = [], []
+    found: list[str] = []
+    inside: list[str] = []  # prefixes of adapter layers, whose children are never targets
     for name, module in model.named_modules():
         if not name or any(name.startswith(p) for p in inside):
             continue

@@ -227,7 +227,7 @@ def method_backends(method: Method, backends: Sequence[Backend]) -> list[str]:
 
 
 def _plugins_text(doc: dict[str, Any]) -> str:
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         (
             m["method"],
             m["peft_type"],

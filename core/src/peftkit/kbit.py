@@ -36,10 +36,11 @@ def prepare_model_for_kbit_training(
     if checkpoint:
         _enable_input_grads(model)
         kwargs = None if gradient_checkpointing_kwargs is None else dict(gradient_checkpointing_kwargs)
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        hf_model: Any = model  # a transformers model: _check_checkpointing found one of these methods
+        if hasattr(hf_model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
 
@@ -75,7 +76,7 @@ def _check_checkpointing(model: nn.Module) -> None:
         )
 
 
-def _enable_input_grads(model: nn.Module) -> None:
+def _enable_input_grads(model: Any) -> None:
     """Checkpointed blocks recompute from their inputs, so the frozen embeddings' output must carry grad."""
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()

@@ -9,7 +9,7 @@ for the layer kind: ``(out, in)`` for linear layers (GPT-2 ``Conv1D`` is transpo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -70,11 +70,11 @@ class BaseLayerView:
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        return self.module.weight.dtype
+        return _weight(self.module).dtype
 
     @property
     def device(self) -> torch.device:
-        return self.module.weight.device
+        return _weight(self.module).device
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -146,19 +146,19 @@ class DenseView(BaseLayerView):
     """A view on a layer whose ``weight`` parameter is an ordinary float tensor."""
 
     def read_weight(self) -> torch.Tensor:
-        weight = self.module.weight.data
+        weight = _weight(self.module).data
         return weight.T if self.fan_in_fan_out else weight
 
     def write_weight(self, weight: torch.Tensor) -> None:
-        target = self.module.weight.data
+        target = _weight(self.module).data
         target.copy_(weight.T if self.fan_in_fan_out else weight)
 
     def add_to_weight(self, delta: torch.Tensor) -> None:
-        target = self.module.weight.data
+        target = _weight(self.module).data
         target.add_((delta.T if self.fan_in_fan_out else delta).to(target.dtype))
 
     def update_weight(self, update: Callable[[torch.Tensor], Any], dtype: torch.dtype) -> None:
-        target = self.module.weight.data
+        target = _weight(self.module).data
         if target.dtype != dtype:
             super().update_weight(update, dtype)
             return
@@ -166,7 +166,7 @@ class DenseView(BaseLayerView):
 
     def index_add_to_weight(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
         # Touches only the given entries: O(len(values)) instead of a dense O(out * in) update.
-        target = self.module.weight.data
+        target = _weight(self.module).data
         first, second = (cols.long(), rows.long()) if self.fan_in_fan_out else (rows.long(), cols.long())
         values = values.to(target.dtype)
         if target.is_contiguous():  # one flat scatter-add: several times faster than a 2-d index_put_
@@ -186,7 +186,7 @@ class Conv1DView(DenseView):
     fan_in_fan_out = True
 
     def __init__(self, module: nn.Module) -> None:
-        in_features, out_features = module.weight.shape
+        in_features, out_features = _weight(module).shape
         super().__init__(module, in_features, out_features)
 
 
@@ -211,7 +211,7 @@ class EmbeddingView(DenseView):
 class ConvView(DenseView):
     kind = "conv"
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> None:
         super().__init__(module, module.in_channels, module.out_channels)
         self.conv_dim = module.weight.dim() - 2
         self.kernel_size = tuple(module.kernel_size)
@@ -219,3 +219,8 @@ class ConvView(DenseView):
         self.padding = module.padding
         self.dilation = tuple(module.dilation)
         self.groups = module.groups
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    # nn.Module types the attributes it does not declare as Tensor | Module; a layer's weight is a tensor.
+    return cast(torch.Tensor, module.weight)

@@ -39,7 +39,8 @@ def exact_match(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     longest = max(len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in examples)
-    correct, samples = 0, []
+    correct = 0
+    samples: list[tuple[str, str]] = []
     try:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]

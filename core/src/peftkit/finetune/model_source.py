@@ -66,7 +66,7 @@ def convert_gguf(gguf_file: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     # The weights are dequantized already; drop the GGUF marker that makes save_pretrained refuse.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers does not declare the attribute
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = DEFAULT_NAME

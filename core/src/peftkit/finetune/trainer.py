@@ -46,7 +46,8 @@ class AdapterTrainer(Trainer):
             import inspect
 
             names = list(inspect.signature(base.forward).parameters)
-            self._signature_columns = list({*names, "label", "label_ids", *self.label_names})
+            # Trainer assigns None in __init__, so mypy infers that as the attribute's only type.
+            self._signature_columns = list({*names, "label", "label_ids", *self.label_names})  # type: ignore[assignment]
             return
         super()._set_signature_columns_if_needed()
 
@@ -61,6 +62,7 @@ class AdapterTrainer(Trainer):
                 "ZeRO-3 shard across processes; train with DDP or ZeRO stage 1/2 (see docs/training.md)"
             )
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        assert output_dir is not None  # TrainingArguments replaces a None output_dir with its default
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -81,7 +83,9 @@ class AdapterTrainer(Trainer):
         if model is None:
             super()._load_best_model()
             return
-        load_adapter_weights(model, self.state.best_model_checkpoint)
+        checkpoint = self.state.best_model_checkpoint
+        assert checkpoint is not None  # Trainer calls this only once it has recorded one
+        load_adapter_weights(model, checkpoint)
 
 
 def load_adapter_weights(model: PeftModel, folder: str) -> None:

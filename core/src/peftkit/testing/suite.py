@@ -86,13 +86,15 @@ class ConformanceSuite(RuntimeBehaviours):
         labelled = [(case, case.id or f"{case.model}-{i}") for i, case in enumerate(cls.cases)]
         if test_name != "test_modules_to_save":
             return labelled
-        picked = [(c, label) for c, label in labelled if _with_modules_to_save(c) is not None]
+        picked = [
+            (saving, label) for c, label in labelled if (saving := _with_modules_to_save(c)) is not None
+        ]
         if not picked:
             raise ValueError(
                 f"{cls.__name__}: no case can exercise modules_to_save (every case adapts the model's output "
                 "layer); add a Case with modules_to_save=[...] naming a module the adapter does not target"
             )
-        return [(_with_modules_to_save(c), label) for c, label in picked]
+        return picked
 
     @classmethod
     def _check_declaration(cls) -> None:

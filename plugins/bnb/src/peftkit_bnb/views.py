@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import bitsandbytes as bnb
 import torch
@@ -38,12 +38,17 @@ class _QuantizedLinearView(BaseLayerView):
     supports_merge = True
     bits = ""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: bnb.nn.Linear4bit | bnb.nn.Linear8bitLt) -> None:
         super().__init__(module, module.in_features, module.out_features)
 
     @property
+    def _layer(self) -> nn.Linear:
+        """``module``, typed as the bitsandbytes layer it is (both subclass ``nn.Linear``)."""
+        return cast(nn.Linear, self.module)
+
+    @property
     def device(self) -> torch.device:
-        return self.module.weight.device
+        return self._layer.weight.device
 
     def write_weight(self, weight: torch.Tensor) -> None:
         expected = (self.out_features, self.in_features)
@@ -61,7 +66,7 @@ class _QuantizedLinearView(BaseLayerView):
         self.write_weight(self.read_weight().float() + delta.float())
 
     def _is_quantized(self) -> bool:
-        return not self.module.weight.is_floating_point()
+        return not self._layer.weight.is_floating_point()
 
     def _store(self, weight: torch.Tensor) -> None:
         raise NotImplementedError
@@ -73,12 +78,21 @@ class Linear4bitView(_QuantizedLinearView):
     bits = "4-bit"
 
     @property
+    def _layer(self) -> bnb.nn.Linear4bit:
+        return cast(bnb.nn.Linear4bit, self.module)
+
+    @property
+    def _params(self) -> bnb.nn.Params4bit:
+        # Linear4bit inherits nn.Linear's declaration of weight as a plain Tensor.
+        return cast(bnb.nn.Params4bit, self._layer.weight)
+
+    @property
     def weight_dtype(self) -> torch.dtype:
         compute = getattr(self.module, "compute_dtype", None)
         if isinstance(compute, torch.dtype) and compute.is_floating_point:
             return compute
         state = self._state()
-        stored = _original_dtype(state) if state is not None else self.module.weight.dtype
+        stored = _original_dtype(state) if state is not None else self._layer.weight.dtype
         return stored if stored.is_floating_point else torch.float32
 
     def _state(self) -> Any:
@@ -94,21 +108,21 @@ class Linear4bitView(_QuantizedLinearView):
             # bitsandbytes packs CPU weights for inference at the first eval forward and keeps them
             # packed; the packed kernel has no backward, so training after an evaluation would
             # silently get no gradients. Unpack first (the next eval forward packs again).
-            weight = self.module.weight
+            weight = self._params
             weight.data, restored = _unpack(weight.data, state)
             weight.quant_state = restored
             self.module.quant_state = restored
         return self.module(x, *args, **kwargs)
 
     def read_weight(self) -> torch.Tensor:
-        weight = self.module.weight
+        weight = self._layer.weight
         if not self._is_quantized():  # a layer not yet moved to its device holds its float weight
             return weight.data
         data, state = _unpack(weight.data, self._state())
         return bnb.functional.dequantize_4bit(data, state)
 
     def _store(self, weight: torch.Tensor) -> None:
-        old = self.module.weight
+        old = self._params
         if not self._is_quantized():
             old.data.copy_(weight)
             return
@@ -120,11 +134,11 @@ class Linear4bitView(_QuantizedLinearView):
             compress_statistics=old.compress_statistics,
             quant_type=old.quant_type,
             quant_storage=old.quant_storage,
-            module=self.module,
+            module=self._layer,
         )
         # Params4bit quantizes when moved to a device; assigning only after that leaves the layer
         # as it was if quantization fails.
-        self.module.weight = new.to(old.device)
+        self._layer.weight = new.to(old.device)  # type: ignore[misc]  # bitsandbytes types to()'s self as a Module
 
 
 class Linear8bitView(_QuantizedLinearView):
@@ -133,9 +147,13 @@ class Linear8bitView(_QuantizedLinearView):
     bits = "8-bit"
 
     @property
+    def _layer(self) -> bnb.nn.Linear8bitLt:
+        return cast(bnb.nn.Linear8bitLt, self.module)
+
+    @property
     def weight_dtype(self) -> torch.dtype:
         # The layer computes in its input's dtype; its float parameters (the bias) show which one.
-        weight, bias = self.module.weight, self.module.bias
+        weight, bias = self._layer.weight, self._layer.bias
         if weight.is_floating_point():
             return weight.dtype
         if bias is not None and bias.is_floating_point():
@@ -143,13 +161,13 @@ class Linear8bitView(_QuantizedLinearView):
         return torch.float32
 
     def read_weight(self) -> torch.Tensor:
-        weight = self.module.weight
+        weight = self._layer.weight
         if weight.is_floating_point():  # has_fp16_weights=True, or not quantized yet
             return weight.data
         # The scales move from the weight to the layer's matmul state at the first forward.
         scales = getattr(weight, "SCB", None)
         if scales is None:
-            scales = self.module.state.SCB
+            scales = self._layer.state.SCB
         if scales is None:
             raise RuntimeError(
                 f"{self.layer_type} holds int8 weights but no scales (SCB); load it through transformers "
@@ -158,17 +176,17 @@ class Linear8bitView(_QuantizedLinearView):
         return bnb.functional.int8_vectorwise_dequant(weight.data, scales.to(weight.device))
 
     def _store(self, weight: torch.Tensor) -> None:
-        old = self.module.weight
+        old = self._layer.weight
         if not self._is_quantized():
             old.data.copy_(weight)
         else:
             # Int8Params quantizes float data held on the CPU when it is moved to a device.
             new = bnb.nn.Int8Params(
                 weight.to("cpu", torch.float32), requires_grad=False, has_fp16_weights=False
-            ).to(old.device)
-            self.module.weight = new
+            ).to(old.device)  # type: ignore[misc]  # bitsandbytes types to()'s self as a Module
+            self._layer.weight = new
         # Drop the int8 copy and scales cached for the old weight; the next forward takes the new ones.
-        self.module.state.reset_grads()
+        self._layer.state.reset_grads()
 
 
 # --- 4-bit helpers ----------------------------------------------------------------------------

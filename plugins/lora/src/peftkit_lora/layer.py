@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,16 @@ from torch import nn
 
 from peftkit import AdapterLayer
 from peftkit_lora import dora, hotswap, pissa
+
+# lora_A / lora_B hold one linear or convolution per adapter; nn.ModuleDict types its items as Module.
+_Projection = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+if TYPE_CHECKING:
+    from peftkit.views import ConvView, EmbeddingView
+
+    class _Projections(nn.ModuleDict):
+        def __getitem__(self, key: str) -> _Projection: ...
+else:
+    _Projections = nn.ModuleDict
 
 
 class LoraLayer(AdapterLayer):
@@ -35,8 +45,8 @@ class LoraLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, view: Any) -> None:
         super().__init__(base_layer, view)
-        self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
+        self.lora_A = _Projections()
+        self.lora_B = _Projections()
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
         self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only
@@ -92,9 +102,8 @@ class LoraLayer(AdapterLayer):
         self.view.update_weight(lambda w: w.addmm_(B, A, alpha=scale), A.dtype)
 
     def delta_bias(self, name: str) -> torch.Tensor | None:
-        if name in self.lora_B and self.lora_B[name].bias is not None:
-            return self.lora_B[name].bias.detach() * self.scaling[name]
-        return None
+        bias = self.lora_B[name].bias if name in self.lora_B else None
+        return None if bias is None else bias.detach() * self.scaling[name]
 
     # --- DoRA makes merging non-additive --------------------------------------------------
     @property
@@ -144,7 +153,23 @@ class LoraLayer(AdapterLayer):
                 self.scaling[name] /= scale
 
 
-class _LinearKind:
+class _Kind:
+    """How LoRA builds, runs and merges its update on one kind of base layer (see ``_KINDS``)."""
+
+    @staticmethod
+    def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def delta(layer: LoraLayer, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _LinearKind(_Kind):
     @staticmethod
     def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
         view = layer.view
@@ -176,7 +201,7 @@ class _LinearKind:
         return (layer.lora_B[name].weight @ layer.lora_A[name].weight) * layer.scaling[name]
 
 
-class _EmbeddingKind:
+class _EmbeddingKind(_Kind):
     @staticmethod
     def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
         if config.lora_bias:
@@ -192,7 +217,7 @@ class _EmbeddingKind:
     @staticmethod
     def forward(layer: LoraLayer, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
         A, B = layer.lora_embedding_A[name], layer.lora_embedding_B[name]
-        after_a = F.embedding(x, A.T, **layer.view.embedding_kwargs())
+        after_a = F.embedding(x, A.T, **cast("EmbeddingView", layer.view).embedding_kwargs())
         return result + ((after_a @ B.T) * layer.scaling[name]).to(result.dtype)
 
     @staticmethod
@@ -201,10 +226,10 @@ class _EmbeddingKind:
         return (B @ A).T * layer.scaling[name]
 
 
-class _ConvKind:
+class _ConvKind(_Kind):
     @staticmethod
     def create(layer: LoraLayer, name: str, r: int, config: Any) -> None:
-        view = layer.view
+        view = cast("ConvView", layer.view)
         if r % view.groups:
             raise ValueError(f"LoRA r={r} must be divisible by the convolution's groups={view.groups}")
         conv = type(view.module)
@@ -229,7 +254,7 @@ class _ConvKind:
 
     @staticmethod
     def delta(layer: LoraLayer, name: str) -> torch.Tensor:
-        view = layer.view
+        view = cast("ConvView", layer.view)
         A = layer.lora_A[name].weight  # (r, in, *k)
         B = layer.lora_B[name].weight.flatten(1)  # (out, r / groups)
         if view.groups > 1:
@@ -257,11 +282,11 @@ def _uninitialized_linear(in_features: int, out_features: int, bias: bool) -> nn
     nn.Module.__init__(linear)
     linear.in_features, linear.out_features = in_features, out_features
     linear.weight = nn.Parameter(torch.empty(out_features, in_features))
-    linear.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+    linear.bias = nn.Parameter(torch.empty(out_features)) if bias else None  # type: ignore[assignment]  # torch types it as always set
     return linear
 
 
-def _init_ab(a_weight: torch.Tensor, lora_B: nn.Module, r: int, init: bool | str) -> None:
+def _init_ab(a_weight: torch.Tensor, lora_B: _Projection, r: int, init: bool | str) -> None:
     if init is False or (isinstance(init, str) and init.lower() != "gaussian"):
         # Random (tests), or overwritten from the base weight afterwards (PiSSA, OLoRA): the layers'
         # own default init, as if they had been built normally.
@@ -277,4 +302,4 @@ def _init_ab(a_weight: torch.Tensor, lora_B: nn.Module, r: int, init: bool | str
         nn.init.zeros_(lora_B.bias)
 
 
-_KINDS = {"linear": _LinearKind, "embedding": _EmbeddingKind, "conv": _ConvKind}
+_KINDS: dict[str, type[_Kind]] = {"linear": _LinearKind, "embedding": _EmbeddingKind, "conv": _ConvKind}

@@ -16,7 +16,7 @@ starts frozen and inactive.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -180,8 +180,9 @@ def _combine(
         A = torch.cat([_ab(layer, a)[0] * (w * layer.scaling[a]) for a, w in present], dim=0)
         B = torch.cat([_ab(layer, a)[1] for a, _ in present], dim=1)
     else:  # linear: split each weight over A and B, its sign on A only
-        A = sum(_ab(layer, a)[0] * _signed_root(w * layer.scaling[a]) for a, w in present)
-        B = sum(_ab(layer, a)[1] * abs(w * layer.scaling[a]) ** 0.5 for a, w in present)
+        # sum() starts from 0, but each layer given the new adapter holds one of the combined ones.
+        A = cast(torch.Tensor, sum(_ab(layer, a)[0] * _signed_root(w * layer.scaling[a]) for a, w in present))
+        B = cast(torch.Tensor, sum(_ab(layer, a)[1] * abs(w * layer.scaling[a]) ** 0.5 for a, w in present))
     target_A.zero_()
     target_B.zero_()
     target_A[: A.shape[0]] = A.to(target_A)

@@ -16,7 +16,7 @@ Several active adapters compose as if merged one after the other in activation o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -24,11 +24,14 @@ from torch import nn
 from peftkit import AdapterLayer, ConfigError
 from peftkit_oft.rotation import OFTRotation
 
+if TYPE_CHECKING:
+    from peftkit.per_sample import SampleAdapters
+
 try:
     from peftkit.per_sample import current as _sample_adapters
 except ImportError:  # a peftkit without per-sample adapters (``adapter_names=[...]``)
 
-    def _sample_adapters() -> Any:
+    def _sample_adapters() -> SampleAdapters | None:
         return None
 
 
@@ -71,7 +74,7 @@ class OFTLayer(AdapterLayer):
 
     def rotation(self, name: str) -> OFTRotation:
         """The rotation module of adapter ``name`` (``oft_R`` or, on embeddings, ``oft_embedding_R``)."""
-        return self.kind.store(self)[name]
+        return cast(OFTRotation, self.kind.store(self)[name])
 
     # --- forward ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -196,7 +199,7 @@ class _ConvKind(_LinearKind):
         weight = base.to(blocks[0].dtype)
         for rot in blocks:
             weight = _ConvKind.merge(weight, rot.to(weight.dtype))
-        module = layer.view.module
+        module = cast("nn.Conv1d | nn.Conv2d | nn.Conv3d", layer.view.module)
         # _conv_forward applies the layer's padding mode, stride, dilation and bias exactly as its own forward.
         return module._conv_forward(x, weight.to(base.dtype), module.bias)
 
@@ -256,4 +259,8 @@ class _EmbeddingKind:
         return _times(weight, rot, transpose=True) if exact else _solve(weight, rot)
 
 
-_KINDS = {"linear": _LinearKind, "conv": _ConvKind, "embedding": _EmbeddingKind}
+_KINDS: dict[str, type[_LinearKind] | type[_EmbeddingKind]] = {
+    "linear": _LinearKind,
+    "conv": _ConvKind,
+    "embedding": _EmbeddingKind,
+}

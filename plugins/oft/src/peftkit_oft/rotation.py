@@ -110,7 +110,7 @@ class OFTRotation(nn.Module):
 
         With ``train_dropout`` each block is replaced by the identity with probability ``dropout``.
         """
-        weight = self.weight
+        weight: torch.Tensor = self.weight
         if weight.dtype in (torch.float16, torch.bfloat16):
             weight = weight.float()  # linalg.solve has no half-precision kernels, and rounding compounds
         q = skew(weight, self.block_size)

@@ -39,7 +39,7 @@ class PromptEncoderBase(nn.Module):
 class PromptEmbedding(PromptEncoderBase):
     """Prompt tuning: the table is ``embedding.weight``, ``(num_virtual_tokens * submodules, token_dim)``."""
 
-    def __init__(self, config: Any, word_embeddings: nn.Module, tokenizer: Any = None) -> None:
+    def __init__(self, config: Any, word_embeddings: nn.Embedding, tokenizer: Any = None) -> None:
         rows = config.num_virtual_tokens * config.num_transformer_submodules
         super().__init__(rows, config.token_dim)
         if config.inference_mode or config.prompt_tuning_init == "RANDOM":
@@ -87,7 +87,7 @@ class PrefixEncoder(PromptEncoderBase):
                 nn.Linear(config.encoder_hidden_size, out),
             )
         if config.init_weights == "zero":
-            last = self.transform[-1] if project else self.embedding
+            last = self.transform[-1] if self.transform is not None else self.embedding
             for param in last.parameters():
                 nn.init.zeros_(param)
 

@@ -33,7 +33,10 @@ def forward(peft_model: Any, input_ids: torch.Tensor | None = None, *args: Any, 
 
 
 def batch_size(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> int:
-    return int((input_ids if input_ids is not None else inputs_embeds).shape[0])
+    given = input_ids if input_ids is not None else inputs_embeds
+    if given is None:
+        raise ValueError("pass input_ids or inputs_embeds")
+    return int(given.shape[0])
 
 
 def _decoder_or_encoder(peft_model: Any, config: Any, input_ids: Any, kwargs: dict[str, Any]) -> Any:

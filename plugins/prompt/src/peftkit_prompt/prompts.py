@@ -46,14 +46,21 @@ def prefix_cache(peft_model: Any, batch_size: int) -> Any:
     dtype = _model_dtype(peft_model.get_base_model())
     if dtype is not None:
         table = table.to(dtype)
-    heads = config.num_attention_heads
-    kv = table.view(config.num_virtual_tokens, config.num_layers, 2, heads, config.token_dim // heads)
+    tokens, num_layers, heads, dim = (
+        config.num_virtual_tokens,
+        config.num_layers,
+        config.num_attention_heads,
+        config.token_dim,
+    )
+    # prepare_config fills these from the model's config before an adapter is built.
+    assert tokens is not None and num_layers is not None and heads is not None and dim is not None
+    kv = table.view(tokens, num_layers, 2, heads, dim // heads)
     kv = kv.permute(1, 2, 3, 0, 4)  # (layers, key/value, heads, tokens, head_dim)
-    slots = list(range(config.num_layers))
+    slots = list(range(num_layers))
     if config.num_transformer_submodules == 2:
         # Hugging Face PEFT lays the table out as (self, cross) pairs over a doubled layer list and then
         # drops the cross part, so decoder layer i reads slot 2i mod num_layers; its adapters rely on that.
-        slots = [(2 * i) % config.num_layers for i in slots]
+        slots = [(2 * i) % num_layers for i in slots]
     layers = [tuple(kv[s, j].unsqueeze(0).repeat(batch_size, 1, 1, 1) for j in range(2)) for s in slots]
     if config.num_transformer_submodules == 2:
         return EncoderDecoderCache(DynamicCache(layers), DynamicCache())

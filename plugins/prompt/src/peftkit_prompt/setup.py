@@ -106,7 +106,7 @@ def check_no_gradient_checkpointing(model: nn.Module) -> None:
         )
 
 
-def word_embeddings(model: nn.Module) -> nn.Module:
+def word_embeddings(model: nn.Module) -> nn.Embedding:
     """The model's input token embedding layer."""
     getter = getattr(model, "get_input_embeddings", None)
     layer = getter() if getter is not None else None

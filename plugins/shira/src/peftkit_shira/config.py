@@ -63,5 +63,5 @@ class ShiraConfig(PeftConfig):
         """A copy with some fields changed; a mask function set on this config is kept."""
         copy = dataclasses.replace(self, **changes)
         if "mask_fn" in self.__dict__:
-            copy.mask_fn = self.__dict__["mask_fn"]
+            copy.__dict__["mask_fn"] = self.__dict__["mask_fn"]
         return copy

@@ -27,7 +27,10 @@ class IndexBuffers(nn.Module):
         self.register_buffer(name, tensor)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._buffers[name]
+        buffer = self._buffers[name]
+        if buffer is None:  # never stored by __setitem__; a buffer set to None elsewhere is gone
+            raise KeyError(name)
+        return buffer
 
     def __contains__(self, name: object) -> bool:
         return name in self._buffers

@@ -9,7 +9,7 @@ projections (see :mod:`peftkit_vera.projections`); only ``vera_lambda_b`` ``(out
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ class VeraLayer(AdapterLayer):
         # Every adapter's entry is the same tensor: one copy in memory whatever the adapter count.
         vera_A[name], vera_B[name] = shared_A, shared_B
         for layer in layers:
-            layer.projections = (vera_A, vera_B)
+            cast(VeraLayer, layer).projections = (vera_A, vera_B)  # the core passes this class's layers
 
     def create_adapter(self, name: str, config: Any) -> None:
         r, out = config.r, self.view.out_features

@@ -53,7 +53,10 @@ class BufferDict(nn.Module):
         self.register_buffer(name, tensor, persistent=self.persistent)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._buffers[name]
+        buffer = self._buffers[name]
+        if buffer is None:  # never stored by __setitem__; a buffer set to None elsewhere is gone
+            raise KeyError(name)
+        return buffer
 
     def __delitem__(self, name: str) -> None:
         if name not in self._buffers:
@@ -73,5 +76,5 @@ class BufferDict(nn.Module):
         return list(self._buffers)
 
     def extra_repr(self) -> str:
-        shapes = {name: tuple(t.shape) for name, t in self._buffers.items()}
+        shapes = {name: tuple(t.shape) for name, t in self._buffers.items() if t is not None}
         return f"persistent={self.persistent}, prng_key={self.prng_key}, {shapes}"
