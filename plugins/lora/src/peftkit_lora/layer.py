@@ -24,16 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit import AdapterLayer
+from peftkit import AdapterLayer, BaseLayerView
 from peftkit_lora import dora, hotswap, pissa
+from peftkit_lora.config import LoraConfig
 
 
-class LoraLayer(AdapterLayer):
+class LoraLayer(AdapterLayer[LoraConfig]):
     adapter_dicts = ("scaling", "r", "initial_scaling", "dora_norms")
     # A hot-swap may bring another rank (up to the loaded one) and alpha: see hotswap.py.
     hotswap_settings = ("r", "lora_alpha", "rank_pattern", "alpha_pattern")
 
-    def __init__(self, base_layer: nn.Module, view: Any) -> None:
+    def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
         super().__init__(base_layer, view)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
@@ -48,12 +49,12 @@ class LoraLayer(AdapterLayer):
         self.kind = _KINDS[view.kind]
 
     @classmethod
-    def before_inject(cls, owner: nn.Module, config: Any, name: str, layers: Any) -> None:
+    def before_inject(cls, owner: nn.Module, config: LoraConfig, name: str, layers: Any) -> None:
         """Check every target first, so that an init which rewrites base weights never stops half-way."""
         if config.changes_base_weights:
             pissa.check_supported(layers, config.init_lora_weights)
 
-    def create_adapter(self, name: str, config: Any) -> None:
+    def create_adapter(self, name: str, config: LoraConfig) -> None:
         r, alpha = config.rank_and_alpha(self.path)
         if r <= 0:
             raise ValueError(f"LoRA r must be positive, got {r} for {self.path or 'this layer'}")
