@@ -428,7 +428,7 @@ def test_a_hook_with_the_wrong_signature_is_broken_with_the_expected_one(discove
     )
     message = registry.broken["sig"]
     assert "hook 'prepare_config' is _hook_prepare_wrong(config: 'Any') -> 'Any'" in message
-    assert "expected: prepare_config(model: 'Any', config: 'Any') -> 'Any'" in message
+    assert "expected: prepare_config(model: 'PeftModel', config: 'PeftConfig') -> 'PeftConfig'" in message
 
 
 def test_old_underscore_model_methods_are_refused_with_the_new_spelling(discover: Any) -> None:

@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
+    from peftkit._config import PeftConfig
     from peftkit._registry import Method
+    from peftkit.peft_model import PeftModel
     from peftkit.views import BaseLayerView
 
 hookspec = pluggy.HookspecMarker("peftkit")
@@ -87,7 +90,7 @@ class MethodHooks:
     """
 
     @staticmethod
-    def prepare_config(model: Any, config: Any) -> Any:
+    def prepare_config(model: PeftModel, config: PeftConfig) -> PeftConfig:
         """In ``add_adapter``, before targets are found: return the config to use (e.g. sizes read from the model).
 
         Must return a config of the same class; returning None is refused at once.
@@ -95,22 +98,24 @@ class MethodHooks:
         raise NotImplementedError
 
     @staticmethod
-    def create_adapter(model: Any, adapter_name: str, config: Any) -> None:
+    def create_adapter(model: PeftModel, adapter_name: str, config: PeftConfig) -> None:
         """In ``add_adapter``, after any layers got the adapter: build model-level modules (prompt encoders)."""
         raise NotImplementedError
 
     @staticmethod
-    def forward(model: Any, *args: Any, **kwargs: Any) -> Any:
+    def forward(model: PeftModel, *args: Any, **kwargs: Any) -> Any:
         """Replaces the wrapped model's forward while an adapter of this method is active (not when disabled)."""
         raise NotImplementedError
 
     @staticmethod
-    def generate(model: Any, *args: Any, **kwargs: Any) -> Any:
+    def generate(model: PeftModel, *args: Any, **kwargs: Any) -> Any:
         """Replaces the wrapped model's ``generate`` while an adapter of this method is active."""
         raise NotImplementedError
 
     @staticmethod
-    def state_slots(model: Any, adapter_name: str, slots: dict[str, Any], for_load: bool) -> dict[str, Any]:
+    def state_slots(
+        model: PeftModel, adapter_name: str, slots: dict[str, Any], for_load: bool
+    ) -> dict[str, Any]:
         """Rewrite the disk key -> ``(module, key, tensor)`` slots of an adapter before saving or loading.
 
         ``for_load`` is True when the slots receive a checkpoint. Return the slots to use.
@@ -119,8 +124,12 @@ class MethodHooks:
 
     @staticmethod
     def convert_for_initial_model(
-        model: Any, adapter_name: str, config: Any, tensors: dict[str, Any], initial_path: str
-    ) -> tuple[Any, dict[str, Any]]:
+        model: PeftModel,
+        adapter_name: str,
+        config: PeftConfig,
+        tensors: dict[str, torch.Tensor],
+        initial_path: str,
+    ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
         """``save_pretrained(path_initial_model_for_weight_conversion=...)``: return ``(config, tensors)`` of
         the equivalent adapter on the original base model (LoRA's PiSSA/OLoRA conversion)."""
         raise NotImplementedError

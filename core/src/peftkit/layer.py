@@ -24,20 +24,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from peftkit import _per_sample
+from peftkit._config import PeftConfig
+from peftkit.errors import LayerContractError, UnsafeMergeError
 from peftkit.views import BaseLayerView, MergeNotSupportedError
 
-if TYPE_CHECKING:
-    from peftkit._config import PeftConfig
-from peftkit.errors import LayerContractError, UnsafeMergeError
+#: The config class a layer's adapters are made from (``LoraLayer(AdapterLayer[LoraConfig])``).
+ConfigT = TypeVar("ConfigT", bound=PeftConfig)
 
 
-class AdapterLayer(nn.Module):
+class AdapterLayer(nn.Module, Generic[ConfigT]):
     """A base layer plus named adapters of one method. See the module docstring for the contract.
 
     Naming rule: a method's layer must not redefine a ``torch.nn.Module`` method or property other
@@ -61,7 +62,7 @@ class AdapterLayer(nn.Module):
     #: before ``before_inject``; "" for a layer built by hand. Use it in messages.
     path: str = ""
     #: Adapter name -> the config it was created with, in creation order.
-    adapter_configs: dict[str, Any]
+    adapter_configs: dict[str, ConfigT]
     #: The adapters forward runs, in order (set by the model; read-only for methods).
     active_adapters: list[str]
     #: The adapters whose update is inside the base weight now, in merge order (read-only for methods).
@@ -81,7 +82,9 @@ class AdapterLayer(nn.Module):
 
     # --- the method's part -------------------------------------------------------------
     @classmethod
-    def before_inject(cls, owner: nn.Module, config: Any, name: str, layers: Sequence[AdapterLayer]) -> None:
+    def before_inject(
+        cls, owner: nn.Module, config: ConfigT, name: str, layers: Sequence[AdapterLayer[ConfigT]]
+    ) -> None:
         """Called once per new adapter, after every target is found and before any layer creates it.
 
         ``owner`` holds the model-level tensors (``Method.model_level`` attributes); ``layers`` will
@@ -89,7 +92,7 @@ class AdapterLayer(nn.Module):
         projections) is made here; the default does nothing.
         """
 
-    def create_adapter(self, name: str, config: PeftConfig) -> None:
+    def create_adapter(self, name: str, config: ConfigT) -> None:
         """Make adapter ``name``'s tensors from ``config`` (see the module docstring for where they go)."""
         raise NotImplementedError
 
@@ -197,11 +200,11 @@ class AdapterLayer(nn.Module):
         """Write ``new`` into ``current`` in place (same storage, so a compiled graph keeps reading it)."""
         current.copy_(new)
 
-    def hotswap_config(self, name: str, config: Any) -> None:
+    def hotswap_config(self, name: str, config: ConfigT) -> None:
         """Adopt the new adapter's ``hotswap_settings`` (LoRA: its scaling) after its tensors were swapped in."""
 
     # --- bookkeeping ---------------------------------------------------------------------
-    def add_adapter(self, name: str, config: Any) -> None:
+    def add_adapter(self, name: str, config: ConfigT) -> None:
         """Create adapter ``name``; it starts inactive and untrainable (the model decides both)."""
         self.create_adapter(name, config)
         self.adapter_configs[name] = config

@@ -6,9 +6,6 @@ Methods peftkit does not implement get placeholder config classes so the test mo
 
 from __future__ import annotations
 
-from peftkit_prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
-from peftkit_prompt.config import PromptLearningConfig
-
 import peftkit
 from peft._internal import internal_function, unsupported_method
 from peftkit import (
@@ -25,6 +22,8 @@ from peftkit import (
 from peftkit_lora import LoraConfig
 from peftkit_miss import MissConfig
 from peftkit_oft import OFTConfig
+from peftkit_prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+from peftkit_prompt.config import PromptLearningConfig
 from peftkit_shira import ShiraConfig
 from peftkit_vera import VeraConfig
 

@@ -15,7 +15,7 @@ from peftkit import AdapterLayer, BaseLayerView, UnsupportedLayerError, name_mat
 from peftkit_ia3.config import IA3Config
 
 
-class IA3Layer(AdapterLayer):
+class IA3Layer(AdapterLayer[IA3Config]):
     adapter_dicts = ("is_feedforward",)
 
     def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:

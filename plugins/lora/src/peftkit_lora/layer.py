@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit import AdapterLayer
+from peftkit import AdapterLayer, BaseLayerView
 from peftkit_lora import dora, hotswap, pissa
+from peftkit_lora.config import LoraConfig
 
 # lora_A / lora_B hold one linear or convolution per adapter; nn.ModuleDict types its items as Module.
 _Projection = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
@@ -38,12 +39,12 @@ else:
     _Projections = nn.ModuleDict
 
 
-class LoraLayer(AdapterLayer):
+class LoraLayer(AdapterLayer[LoraConfig]):
     adapter_dicts = ("scaling", "r", "initial_scaling", "dora_norms")
     # A hot-swap may bring another rank (up to the loaded one) and alpha: see hotswap.py.
     hotswap_settings = ("r", "lora_alpha", "rank_pattern", "alpha_pattern")
 
-    def __init__(self, base_layer: nn.Module, view: Any) -> None:
+    def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
         super().__init__(base_layer, view)
         self.lora_A = _Projections()
         self.lora_B = _Projections()
@@ -58,12 +59,12 @@ class LoraLayer(AdapterLayer):
         self.kind = _KINDS[view.kind]
 
     @classmethod
-    def before_inject(cls, owner: nn.Module, config: Any, name: str, layers: Any) -> None:
+    def before_inject(cls, owner: nn.Module, config: LoraConfig, name: str, layers: Any) -> None:
         """Check every target first, so that an init which rewrites base weights never stops half-way."""
         if config.changes_base_weights:
             pissa.check_supported(layers, config.init_lora_weights)
 
-    def create_adapter(self, name: str, config: Any) -> None:
+    def create_adapter(self, name: str, config: LoraConfig) -> None:
         r, alpha = config.rank_and_alpha(self.path)
         if r <= 0:
             raise ValueError(f"LoRA r must be positive, got {r} for {self.path or 'this layer'}")

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit import AdapterLayer, BaseLayerView, UnsupportedLayerError
+from peftkit_miss.config import MissConfig
 
 
-class MissLayer(AdapterLayer):
+class MissLayer(AdapterLayer[MissConfig]):
     adapter_dicts = ("miss_r", "miss_mini_r", "miss_variant")
 
-    def __init__(self, base_layer: nn.Module, view: Any) -> None:
+    def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
         super().__init__(base_layer, view)
         self.miss_block = nn.ParameterDict()
         self.miss_dropout = nn.ModuleDict()
@@ -40,7 +41,7 @@ class MissLayer(AdapterLayer):
         self.miss_variant: dict[str, str] = {}
 
     # --- creation -----------------------------------------------------------------------
-    def create_adapter(self, name: str, config: Any) -> None:
+    def create_adapter(self, name: str, config: MissConfig) -> None:
         where = self.path or "this layer"
         if self.view.kind != "linear":
             raise UnsupportedLayerError(

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from peftkit import AdapterLayer, ConfigError
+from peftkit import AdapterLayer, BaseLayerView, ConfigError
+from peftkit_oft.config import OFTConfig
 from peftkit_oft.rotation import OFTRotation
 
 if TYPE_CHECKING:
@@ -35,10 +36,10 @@ except ImportError:  # a peftkit without per-sample adapters (``adapter_names=[.
         return None
 
 
-class OFTLayer(AdapterLayer):
+class OFTLayer(AdapterLayer[OFTConfig]):
     adapter_dicts = ("r", "oft_block_size")
 
-    def __init__(self, base_layer: nn.Module, view: Any) -> None:
+    def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
         super().__init__(base_layer, view)
         self.oft_R = nn.ModuleDict()
         self.oft_embedding_R = nn.ModuleDict()
@@ -47,7 +48,7 @@ class OFTLayer(AdapterLayer):
         self.kind = _KINDS[view.kind]
 
     # --- creating -----------------------------------------------------------------------
-    def create_adapter(self, name: str, config: Any) -> None:
+    def create_adapter(self, name: str, config: OFTConfig) -> None:
         where = self.path or self.view.layer_type
         features = self.kind.features(self.view)
         r, size = config.blocks_for(features, where)

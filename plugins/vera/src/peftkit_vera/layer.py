@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit import AdapterLayer, UnsupportedLayerError
+from peftkit import AdapterLayer, BaseLayerView, UnsupportedLayerError
+from peftkit_vera.config import VeraConfig
 from peftkit_vera.projections import BufferDict, make_projections
 
 
-class VeraLayer(AdapterLayer):
+class VeraLayer(AdapterLayer[VeraConfig]):
     adapter_dicts = ("r",)
 
-    def __init__(self, base_layer: nn.Module, view: Any) -> None:
+    def __init__(self, base_layer: nn.Module, view: BaseLayerView) -> None:
         super().__init__(base_layer, view)
         self.vera_lambda_b = nn.ParameterDict()
         self.vera_lambda_d = nn.ParameterDict()
@@ -33,7 +34,9 @@ class VeraLayer(AdapterLayer):
         self.projections: tuple[BufferDict, BufferDict] | None = None
 
     @classmethod
-    def before_inject(cls, owner: nn.Module, config: Any, name: str, layers: Sequence[AdapterLayer]) -> None:
+    def before_inject(
+        cls, owner: nn.Module, config: VeraConfig, name: str, layers: Sequence[AdapterLayer]
+    ) -> None:
         """Create the shared projections for the first adapter, or check that a later one fits them."""
         not_linear = [
             f"{layer.path} ({layer.view.layer_type})" for layer in layers if layer.view.kind != "linear"
@@ -61,7 +64,7 @@ class VeraLayer(AdapterLayer):
         for layer in layers:
             cast(VeraLayer, layer).projections = (vera_A, vera_B)  # the core passes this class's layers
 
-    def create_adapter(self, name: str, config: Any) -> None:
+    def create_adapter(self, name: str, config: VeraConfig) -> None:
         r, out = config.r, self.view.out_features
         self.r[name] = r
         self.vera_dropout[name] = (
