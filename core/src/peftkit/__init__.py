@@ -52,11 +52,24 @@ __all__ = ["__version__", "hookimpl", *_LAZY]
 # The same names for type checkers, which cannot see through __getattr__; a test keeps the two in step.
 if TYPE_CHECKING:
     from peftkit._api import config, list_methods
-    from peftkit._config import ConfigError, PeftConfig, TaskType
-    from peftkit._hotswap import HotswapError, hotswap_adapter, prepare_model_for_compiled_hotswap
-    from peftkit._injection import UnsupportedLayerError
-    from peftkit._io import CheckpointError
+    from peftkit._config import PeftConfig, PeftType, TaskType
+    from peftkit._hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
     from peftkit._registry import Method
+    from peftkit._targeting import name_matcher
+    from peftkit.errors import (
+        CheckpointError,
+        ConfigError,
+        DuplicateMethodError,
+        HotswapError,
+        LayerContractError,
+        MergeNotSupportedError,
+        PeftkitError,
+        PluginContractError,
+        PluginImportError,
+        UnknownMethodError,
+        UnsafeMergeError,
+        UnsupportedLayerError,
+    )
     from peftkit.functional import (
         get_base_model_state_dict,
         get_peft_model_state_dict,
@@ -65,7 +78,7 @@ if TYPE_CHECKING:
         set_peft_model_state_dict,
     )
     from peftkit.kbit import prepare_model_for_kbit_training
-    from peftkit.layer import AdapterLayer, LayerContractError
+    from peftkit.layer import AdapterLayer
     from peftkit.peft_model import PeftModel
     from peftkit.tasks import (
         PeftModelForCausalLM,

@@ -124,7 +124,7 @@ class PeftConfig:
         _check_declared(cls, "BASE_FIELDS", OPTIONAL_BASE_FIELDS, "optional base fields")
 
     def __post_init__(self) -> None:
-        _shaping_fields(type(self))  # checks NON_SHAPING_FIELDS once per class
+        _shaping_fields(type(self))  # type: ignore[arg-type]  # classes are hashable; mypy misreads __hash__
         _refuse_lacking(type(self), {name: getattr(self, name) for name in lacking_fields(type(self))})
         if self.PEFT_TYPE:
             if self.peft_type not in (None, self.PEFT_TYPE):
@@ -161,7 +161,7 @@ class PeftConfig:
     @classmethod
     def shaping_fields(cls) -> list[str]:
         """The fields a saved adapter's weights depend on: every field but descriptive and ``NON_SHAPING_FIELDS``."""
-        return list(_shaping_fields(cls))
+        return list(_shaping_fields(cls))  # type: ignore[arg-type]  # classes are hashable; mypy misreads __hash__
 
     def to_dict(self) -> dict[str, Any]:
         """Every field this method has, sets turned into sorted lists."""

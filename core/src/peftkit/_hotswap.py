@@ -76,7 +76,7 @@ def hotswap_adapter(
     peft_model.peft_config[adapter_name] = config.replace(inference_mode=old.inference_mode)
 
 
-def _layers(model: Any) -> list[AdapterLayer]:
+def _layers(model: Any) -> list[AdapterLayer[Any]]:
     root = getattr(model, "_orig_mod", model)
     base = root.get_base_model() if hasattr(root, "get_base_model") else root
     return [m for m in _injection.adapter_modules(base) if isinstance(m, AdapterLayer)]

@@ -75,7 +75,7 @@ def inject_adapter(
     is_linear = partial(_is_linear, model)
     targets = find_targets(model, config, dict(method.default_targets), is_linear, _skip)
     layer_cls = method.layer_class
-    plans: list[tuple[str, AdapterLayer, bool]] = []
+    plans: list[tuple[str, AdapterLayer[Any], bool]] = []
     for target in targets:
         module = model.get_submodule(target)
         if isinstance(module, AdapterLayer):
@@ -94,7 +94,7 @@ def inject_adapter(
                 f"{_backend_hint(module)}"
             )
         plans.append((target, layer_cls(module, view), True))
-    done: list[tuple[str, AdapterLayer, bool]] = []
+    done: list[tuple[str, AdapterLayer[Any], bool]] = []
     try:
         for target, layer, _ in plans:
             layer.path = target
@@ -126,7 +126,7 @@ def _backend_hint(module: nn.Module) -> str:
     return ""
 
 
-def _move_like_base(layer: AdapterLayer, name: str) -> None:
+def _move_like_base(layer: AdapterLayer[Any], name: str) -> None:
     """Put the new adapter's tensors on the base layer's device (dtype is the method's choice)."""
     device = layer.view.device
     if device.type == "meta":
@@ -166,7 +166,7 @@ def remove_adapter_layers(model: nn.Module, name: str) -> None:
                 set_submodule(model, path, original)
 
 
-def adapter_modules(model: nn.Module) -> Iterator[AdapterLayer | ModulesToSave]:
+def adapter_modules(model: nn.Module) -> Iterator[AdapterLayer[Any] | ModulesToSave]:
     """Every adapter layer and modules-to-save wrapper in ``model``, in ``modules()`` order, each once.
 
     Does not descend into adapter layers (their children are the base layer and adapter
@@ -187,7 +187,7 @@ def adapter_modules(model: nn.Module) -> Iterator[AdapterLayer | ModulesToSave]:
         stack.extend(child for child in reversed(module._modules.values()) if child is not None)
 
 
-def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer[Any]]]:
     for path, module in model.named_modules():
         if isinstance(module, AdapterLayer):
             yield path, module

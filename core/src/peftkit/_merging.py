@@ -16,7 +16,7 @@ from peftkit.layer import AdapterLayer, ModulesToSave, UnsafeMergeError
 class MergingMixin:
     """``merge_adapter``, ``unmerge_adapter``, ``merge_and_unload`` and ``unload`` over every adapter layer."""
 
-    def _adapter_modules(self) -> Iterator[AdapterLayer | ModulesToSave]:
+    def _adapter_modules(self) -> Iterator[AdapterLayer[Any] | ModulesToSave]:
         raise NotImplementedError
 
     def get_base_model(self) -> Any:
@@ -31,7 +31,7 @@ class MergingMixin:
         for layer in layers:
             layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
-    def _check_merge_safe(self, layers: list[AdapterLayer], adapter_names: Sequence[str] | None) -> None:
+    def _check_merge_safe(self, layers: list[AdapterLayer[Any]], adapter_names: Sequence[str] | None) -> None:
         """Check every layer before merging any, so a bad adapter leaves the whole model untouched."""
         for layer in layers:
             names = layer.active_adapters if adapter_names is None else adapter_names
@@ -79,7 +79,7 @@ class MergingMixin:
                 )
         return model
 
-    def _switch_merged(self, layers: list[AdapterLayer], names: list[str]) -> None:
+    def _switch_merged(self, layers: list[AdapterLayer[Any]], names: list[str]) -> None:
         blocked = [
             layer
             for layer in layers
@@ -97,7 +97,7 @@ class MergingMixin:
             layer.switch_merged(names)
 
 
-def _warn_if_merged(layers: list[AdapterLayer], adapter_names: Sequence[str] | None) -> None:
+def _warn_if_merged(layers: list[AdapterLayer[Any]], adapter_names: Sequence[str] | None) -> None:
     """Warn, as Hugging Face PEFT does, when asked to merge adapters already merged (peftkit leaves those as they are)."""
     already = sorted(
         {

@@ -8,10 +8,14 @@ import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftkit.errors import DuplicateMethodError, PluginContractError, PluginImportError, UnknownMethodError
 from peftkit.hookspecs import METHOD_HOOK_NAMES, MethodHooks
+
+if TYPE_CHECKING:
+    from peftkit._config import PeftConfig
+    from peftkit.layer import AdapterLayer
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _PEFT_TYPE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
@@ -115,11 +119,11 @@ class Method:
         return _checked_hook(self.name, self.origin, name, self._import(target, f"hook {name!r}"))
 
     @property
-    def config_class(self) -> type:
+    def config_class(self) -> type[PeftConfig]:
         return self._import(self.config, "config class")
 
     @property
-    def layer_class(self) -> type:
+    def layer_class(self) -> type[AdapterLayer[Any]]:
         """The layer class, imported on first use and checked against the adapter-layer contract."""
         from peftkit.layer import check_layer_class
 

@@ -36,7 +36,7 @@ class ModelStatus:
     devices: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _grad_state(layer: AdapterLayer, name: str) -> bool | str:
+def _grad_state(layer: AdapterLayer[Any], name: str) -> bool | str:
     flags = {p.requires_grad for p in layer.adapter_parameters(name) if p.is_floating_point()}
     return flags.pop() if len(flags) == 1 else ("irregular" if flags else False)
 

@@ -165,9 +165,9 @@ def describe_plugins(registry: Registry, check: bool = False) -> dict[str, Any]:
     broken = dict(registry.broken)
     methods = sorted(registry.methods.values(), key=lambda m: m.name)
     if check:
-        failing = {m.name: _contract_problem(m) for m in methods}
-        broken.update({f"{m.dist} (method {m.name})": failing[m.name] for m in methods if failing[m.name]})
-        methods = [m for m in methods if not failing[m.name]]
+        failing = {m.name: problem for m in methods if (problem := _contract_problem(m)) is not None}
+        broken.update({f"{m.dist} (method {m.name})": failing[m.name] for m in methods if m.name in failing})
+        methods = [m for m in methods if m.name not in failing]
     return {
         "methods": [
             {

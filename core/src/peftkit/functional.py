@@ -8,7 +8,7 @@ format, for a ``PeftModel`` (keys ``base_model.model.<path>...``) or for such a 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -71,9 +71,9 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
     while True:
         if isinstance(model, (DataParallel, DistributedDataParallel, FullyShardedDataParallel)):
-            model = model.module
+            model = cast(nn.Module, model.module)
         elif "_orig_mod" in model.__dict__.get("_modules", {}):  # torch.compile's OptimizedModule
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         else:
             return model
 

@@ -63,6 +63,7 @@ def peftkit_describe_backends() -> list[tuple[str, dict[str, str] | list[str]]]:
     matches methods to backends by it. A plain list of layer type names is still read, its kinds
     guessed from the names (``Linear4bit`` is linear).
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec

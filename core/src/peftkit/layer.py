@@ -476,7 +476,7 @@ CONTRACT_METHODS = (
 )
 
 
-def check_layer_class(cls: Any, owner: str) -> type[AdapterLayer]:
+def check_layer_class(cls: Any, owner: str) -> type[AdapterLayer[Any]]:
     """``cls`` if it is a valid method layer class; otherwise a :class:`LayerContractError` naming ``owner``.
 
     ``owner`` says who registered it (``"method 'miss' of peftkit-miss==0.1.0"``). Checked: it subclasses
@@ -615,8 +615,10 @@ class ModulesToSave(nn.Module):
         if len(groups) == 1:
             name = groups[0][0]
             return (pick[name] if name in pick else self.original_module)(x, *args, **kwargs)
-        outputs, order = [], []
+        outputs: list[Any] = []
+        order: list[torch.Tensor] = []
         for name, index in groups:
+            assert index is not None  # only a single group covers the whole batch
             module = pick[name] if name in pick else self.original_module
             outputs.append(module(x[index], *args, **kwargs))
             order.append(index)

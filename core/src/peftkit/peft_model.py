@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -216,8 +216,9 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         if hook is not None:
             extra = {} if adapter_names is None else {"adapter_names": adapter_names}
             return hook(*args, **extra, **kwargs)
+        generate = cast(Callable[..., Any], base.generate)  # a transformers model's, looked up at run time
         if adapter_names is None:
-            return base.generate(*args, **kwargs)
+            return generate(*args, **kwargs)
         config = kwargs.get("generation_config") or getattr(base, "generation_config", None)
         # transformers repeats each input max(num_beams, num_return_sequences) times before decoding.
         repeat = max(
@@ -225,7 +226,7 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
             int(kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1),
         )
         with self._per_sample_adapters(adapter_names, repeat):
-            return base.generate(*args, **kwargs)
+            return generate(*args, **kwargs)
 
     @contextmanager
     def _per_sample_adapters(self, adapter_names: Sequence[str], repeat: int = 1) -> Iterator[None]:
@@ -251,7 +252,7 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
                 f"(use {_per_sample.BASE!r} for the base model)"
             )
 
-    def _adapter_modules(self) -> Iterator[AdapterLayer | ModulesToSave]:
+    def _adapter_modules(self) -> Iterator[AdapterLayer[Any] | ModulesToSave]:
         return _injection.adapter_modules(self.get_base_model())
 
     # --- adapters -----------------------------------------------------------------------
@@ -316,7 +317,7 @@ class PeftModel(MergingMixin, PersistenceMixin, nn.Module):
         if config.base_model_name_or_path is None:
             changes["base_model_name_or_path"] = getattr(self.get_base_model(), "name_or_path", None) or None
         model_type = getattr(getattr(self.get_base_model(), "config", None), "model_type", None)
-        if config.target_modules is None and model_type in method.default_targets:
+        if config.target_modules is None and model_type is not None and model_type in method.default_targets:
             # Save the modules actually targeted, so a loader with other defaults adapts the same ones.
             changes["target_modules"] = list(method.default_targets[model_type])
         if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):  # as in HF PEFT, the new head is trained and saved

@@ -62,7 +62,7 @@ class LoraLayer(AdapterLayer[LoraConfig]):
     def before_inject(cls, owner: nn.Module, config: LoraConfig, name: str, layers: Any) -> None:
         """Check every target first, so that an init which rewrites base weights never stops half-way."""
         if config.changes_base_weights:
-            pissa.check_supported(layers, config.init_lora_weights)
+            pissa.check_supported(layers, str(config.init_lora_weights))
 
     def create_adapter(self, name: str, config: LoraConfig) -> None:
         r, alpha = config.rank_and_alpha(self.path)
@@ -81,7 +81,7 @@ class LoraLayer(AdapterLayer[LoraConfig]):
             )
         self.kind.create(self, name, r, config)
         if config.changes_base_weights:
-            pissa.init_from_base(self, name, config.init_lora_weights)
+            pissa.init_from_base(self, name, str(config.init_lora_weights))
         if config.use_dora:  # after any init that rewrites the base weight: m is the norm of the final weight
             dora.create_magnitude(self, name)
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from peftkit import AdapterLayer, UnsupportedLayerError
+from peftkit_shira.config import ShiraConfig
 from peftkit_shira.masks import budget, indices_from_mask_fn, layer_seed, random_indices
 from peftkit_shira.sparse import SparsePattern
 
@@ -43,7 +44,7 @@ class IndexBuffers(nn.Module):
         return list(self._buffers)
 
 
-class ShiraLayer(AdapterLayer):
+class ShiraLayer(AdapterLayer[ShiraConfig]):
     adapter_dicts = ("shira_indices", "_patterns")
 
     def __init__(self, base_layer: nn.Module, view: Any) -> None:

@@ -35,7 +35,7 @@ class VeraLayer(AdapterLayer[VeraConfig]):
 
     @classmethod
     def before_inject(
-        cls, owner: nn.Module, config: VeraConfig, name: str, layers: Sequence[AdapterLayer]
+        cls, owner: nn.Module, config: VeraConfig, name: str, layers: Sequence[AdapterLayer[VeraConfig]]
     ) -> None:
         """Create the shared projections for the first adapter, or check that a later one fits them."""
         not_linear = [
