@@ -11,7 +11,8 @@
 set -euo pipefail
 peft_repo=${1:?usage: run.sh PEFT_CHECKOUT [PYTHON]}
 here=$(cd "$(dirname "$0")" && pwd)
-python=$(realpath "${2:-$here/../../.venv/bin/python}")
+python=${2:-$here/../../.venv/bin/python}
+python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")  # absolute, symlink kept: it is the venv's
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out/tests"
 git_dir=$peft_repo

@@ -27,7 +27,7 @@ def _perturb(model: torch.nn.Module, seed: int = 3) -> None:
     ("model_name", "target", "shape"),
     [
         ("mlp", "lin1", (32,)),
-        ("emb_conv1d", "conv1d", (32,)),
+        ("emb_conv1d", "conv1d", (48,)),  # Conv1D(nf=48, nx=32): one magnitude per output
         ("conv2d", "conv", (1, 8, 1, 1)),
         ("conv3d", "conv", (1, 4, 1, 1, 1)),
     ],

@@ -159,6 +159,23 @@ def test_merge_and_unmerge_in_any_order_restore_the_base_weight(order: tuple[str
     assert layer.merged_adapters == []
 
 
+def test_bat_in_a_mixed_batch_sees_only_the_base_weight() -> None:
+    """A sample routed to bat gets what bat alone gives, even while an adapter before it is active.
+
+    bat's update depends on the weight it is applied to; in a normal forward that is the base weight
+    with the active adapters before it applied, under ``adapter_names=[...]`` the base weight alone.
+    """
+    model, _ = _two_variant_model()
+    model.eval()
+    x = make_inputs("mlp")
+    with torch.no_grad():
+        model.set_adapter("bat")
+        alone = model(x)
+        model.set_adapter(["default", "bat"])
+        mixed = model(x, adapter_names=["bat"] * x.shape[0])
+    torch.testing.assert_close(mixed, alone)
+
+
 def test_bat_unmerge_is_exact_on_conv1d() -> None:
     model = peftkit.get_peft_model(
         make_model("emb_conv1d"), MissConfig(r=8, init_weights="bat", target_modules=["conv1d"])

@@ -196,9 +196,9 @@ def test_mask_fn_gets_the_base_layer_and_r_and_uses_out_in_layout_for_conv1d() -
 
     def mask_fn(base_layer: nn.Module, r: int) -> torch.Tensor:
         seen.append((type(base_layer).__name__, r))
-        mask = torch.zeros(32, 32, dtype=torch.bool)
-        mask.view(-1)[: r * 64 - 1] = True
-        mask[31, 0] = True  # output 31, input 0: would land elsewhere if the layout were (in, out)
+        mask = torch.zeros(48, 32, dtype=torch.bool)  # Conv1D(nf=48, nx=32): 48 outputs, 32 inputs
+        mask.view(-1)[: r * (48 + 32) - 1] = True
+        mask[47, 0] = True  # output 47, input 0: would not even fit if the layout were (in, out)
         return mask
 
     config = ShiraConfig(r=1, target_modules=["conv1d"], init_weights=False)
@@ -206,7 +206,7 @@ def test_mask_fn_gets_the_base_layer_and_r_and_uses_out_in_layout_for_conv1d() -
     model = peftkit.get_peft_model(make_model("emb_conv1d"), config)
     assert seen == [("Conv1D", 1)]
     layer = model.get_base_model().conv1d
-    assert (31, 0) in {tuple(p) for p in layer.shira_indices["default"].T.tolist()}
+    assert (47, 0) in {tuple(p) for p in layer.shira_indices["default"].T.tolist()}
     # The delta lands where the mask says, in the (out, in) view of Conv1D's (in, out) weight.
     before = layer.base_layer.weight.detach().clone()
     model.merge_adapter()

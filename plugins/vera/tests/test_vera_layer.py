@@ -99,7 +99,7 @@ def test_forward_matches_the_formula_on_gpt2_conv1d() -> None:
     layer = _layers(model)[0]
     h = torch.randn(3, 32)
     A = model.base_model.vera_A["default"][:, :32]
-    B = model.base_model.vera_B["default"][:32]
+    B = model.base_model.vera_B["default"][:48]  # Conv1D(nf=48, nx=32): 48 outputs
     lb, ld = layer.vera_lambda_b["default"], layer.vera_lambda_d["default"]
     with torch.no_grad():
         expected = layer.base_layer(h) + lb * ((ld * (h @ A.T)) @ B.T)

@@ -23,11 +23,32 @@ name is unique across plugins) containing one class::
 Every ``test_*`` method of :class:`ConformanceSuite` then runs once per case: forward shape,
 identity at init, training touches only adapter parameters (names starting with your
 method's registered ``prefix``), save/load round trip and on-disk format, merge / unmerge /
-unload, safe merge refusing NaN, ``disable_adapter``, several adapters, ``requires_grad``
-rules, bf16/fp16 bases, ``modules_to_save``, and moving the model with ``.to(dtype)``,
-``.half()``, ``.bfloat16()``, ``.float()`` and ``.to(device)`` (CUDA where present; a layer class
-that shadows a ``torch.nn.Module`` method fails here). The tiny models are described in
-:mod:`peftkit.testing.models`; build them yourself with ``make_model(name)`` and
+unload, safe merge refusing NaN, ``disable_adapter``, several adapters (deleting one leaves
+none of its tensors), ``requires_grad`` rules, bf16/fp16 bases, ``modules_to_save``, moving the
+model with ``.to(dtype)``, ``.half()``, ``.bfloat16()``, ``.float()`` and ``.to(device)`` (CUDA
+where present; a layer class that shadows a ``torch.nn.Module`` method fails here), and
+``torch.compile``. Then the behaviours of adapters used together, each with a second random
+adapter ``other``:
+
+* several active adapters stack: with ``set_adapter(["default", "other"])`` the output differs
+  from each adapter alone, and merging both gives the output of running them unmerged (input
+  scales multiply, updates of the running output compose, as stacked merges do);
+* mixed batches: ``model(x, adapter_names=[...])`` gives each sample what its adapter gives
+  alone (``"__base__"``: none), whatever adapters are active;
+* input and output sides: each adapted layer runs its base layer at most once per forward (one
+  adapter, two, a mixed batch), and where a case declares ``input_side=[...]`` (modules the
+  method acts on through their input, like ``target_modules``) exactly those base layers see a
+  changed input.
+
+One behaviour runs once per class rather than per case: on the ``llama_like`` model, whose
+``config.model_type`` is ``"llama"``, a config without ``target_modules`` adapts exactly the
+method's ``default_targets["llama"]``, saves them and reloads; an explicit ``target_modules`` wins
+over them; and every key of ``default_targets`` is a ``model_type`` transformers knows. It is
+skipped for methods without llama defaults; set ``default_targets_config`` on the class if the
+method's defaults need other fields there.
+
+The tiny models are described in :mod:`peftkit.testing.models` (non-square Linear and GPT-2
+``Conv1D`` layers, every bias random); build them yourself with ``make_model(name)`` and
 ``make_inputs(name)`` for method-specific tests. A case's ``config`` never contains the init
 fields: the suite adds ``identity_init`` or ``random_init`` itself. ``test_modules_to_save``
 runs on cases that set ``modules_to_save`` and on those that leave the model's output layer

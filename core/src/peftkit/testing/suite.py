@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +19,8 @@ from torch import nn
 
 import peftkit
 from peftkit.layer import AdapterLayer, ModulesToSave, UnsafeMergeError
+from peftkit.testing._composition import CompositionBehaviours
+from peftkit.testing._defaults import DefaultTargetBehaviours
 from peftkit.testing._probes import (
     _adapter_modules,
     _assert_grad,
@@ -35,7 +37,14 @@ from peftkit.testing.models import make_inputs, make_model
 __all__ = ["Case", "ConformanceSuite"]
 
 # The output layer of each tiny model: what a case without modules_to_save gets as one for that test.
-_HEADS = {"mlp": "lin2", "emb_conv1d": "lin", "conv1d": "lin", "conv2d": "lin", "conv3d": "lin"}
+_HEADS = {
+    "mlp": "lin2",
+    "emb_conv1d": "lin",
+    "conv1d": "lin",
+    "conv2d": "lin",
+    "conv3d": "lin",
+    "llama_like": "lm_head",
+}
 
 
 @dataclass(frozen=True)
@@ -43,15 +52,19 @@ class Case:
     """One configuration to run every behaviour on: a tiny model's name and the method's config fields.
 
     ``config`` must not contain the init fields; the suite adds ``identity_init`` or ``random_init``.
-    ``id`` names the case in test ids (default ``<model>-<index>``).
+    ``id`` names the case in test ids (default ``<model>-<index>``). ``input_side`` declares which
+    adapted modules the method acts on through their input (names or a regex, like
+    ``target_modules``): the suite then checks that exactly those base layers see a changed input
+    and every other adapted one the unchanged input. None (the default) declares nothing.
     """
 
     model: str
     config: Mapping[str, Any] = field(default_factory=dict)
     id: str | None = None
+    input_side: str | Sequence[str] | None = None
 
 
-class ConformanceSuite(RuntimeBehaviours):
+class ConformanceSuite(RuntimeBehaviours, CompositionBehaviours, DefaultTargetBehaviours):
     """Subclass as ``Test<Method>Conformance`` and set ``method``, ``identity_init``, ``random_init``, ``cases``.
 
     Tolerances are class attributes so a method with inherently inexact merging can widen them,
@@ -366,9 +379,8 @@ class ConformanceSuite(RuntimeBehaviours):
         model.set_adapter("other")
         model.delete_adapter("other")
         assert "other" not in model.peft_config
-        assert not [n for n, _ in model.named_parameters() if "other" in n.split(".")], (
-            "delete left parameters"
-        )
+        left = [n for n, _ in [*model.named_parameters(), *model.named_buffers()] if "other" in n.split(".")]
+        assert not left, f"delete left tensors of the deleted adapter: {left}"
         torch.testing.assert_close(_run(model, x), out_default, atol=0, rtol=0)
         try:
             model.set_adapter("other")
@@ -475,4 +487,4 @@ def _with_modules_to_save(case: Case) -> Case | None:
 
     if name_matcher(targets)(head):
         return None
-    return Case(case.model, {**case.config, "modules_to_save": [head]}, case.id)
+    return Case(case.model, {**case.config, "modules_to_save": [head]}, case.id, case.input_side)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from peftkit import ConfigError, PeftConfig
+from peftkit import ConfigError, PeftConfig, name_matcher
 
 
 @dataclass
@@ -41,12 +41,23 @@ class IA3Config(PeftConfig):
 
 
 def prepare_config(model: Any, config: IA3Config) -> IA3Config:
-    """The ``prepare_config`` hook: fill ``feedforward_modules`` from PEFT's table for the model's type."""
+    """The ``prepare_config`` hook: fill ``feedforward_modules`` from PEFT's table for the model's type.
+
+    With a list of ``target_modules``, the feed-forward modules are those of the list that name a
+    module of the table (``["o_proj"]`` on Llama: none; ``["mlp.down_proj"]``: that entry), so the
+    same layers scale their input as in PEFT and the saved config keeps feed-forward modules within
+    the targets, which both libraries require when loading it.
+    """
     from peftkit_ia3 import DEFAULT_FEEDFORWARD
 
     if config.feedforward_modules is not None:
         return config
-    model_type = getattr(getattr(model.get_base_model(), "config", None), "model_type", None)
-    if model_type in DEFAULT_FEEDFORWARD:
-        return config.replace(feedforward_modules=list(DEFAULT_FEEDFORWARD[model_type]))
-    return config.replace(feedforward_modules=[])
+    base = model.get_base_model()
+    model_type = getattr(getattr(base, "config", None), "model_type", None)
+    feedforward = list(DEFAULT_FEEDFORWARD.get(model_type, [])) if isinstance(model_type, str) else []
+    targets = config.target_modules
+    if feedforward and isinstance(targets, list):
+        is_feedforward = name_matcher(feedforward)
+        paths = [path for path, _ in base.named_modules() if is_feedforward(path)]
+        feedforward = [t for t in targets if any(name_matcher([t])(path) for path in paths)]
+    return config.replace(feedforward_modules=feedforward)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit import AdapterLayer, BaseLayerView, UnsupportedLayerError
+from peftkit.per_sample import current as _sample_adapters
 from peftkit_miss.config import MissConfig
 
 
@@ -86,9 +87,13 @@ class MissLayer(AdapterLayer[MissConfig]):
         """The base weight as the active, unmerged adapters before ``name`` leave it.
 
         bat depends on the weight it is applied to, so the forward must see what merging these
-        adapters in order would give; gradients flow into those earlier adapters too.
+        adapters in order would give; gradients flow into those earlier adapters too. Under
+        per-sample routing (``adapter_names=[...]``) the rows routed to ``name`` see no other
+        adapter, so it is the base weight itself.
         """
         weight = self.view.read_weight().to(dtype)
+        if _sample_adapters() is not None:
+            return weight
         for other in self.active_adapters:
             if other == name:
                 break
