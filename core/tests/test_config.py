@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import pytest
 
 import peftkit
-from peftkit._config import ConfigError, PeftConfig, config_from_dict, read_config_dict
+from peftkit._api import config_from_dict
+from peftkit._config import ConfigError, PeftConfig, read_config_dict
 
 
 def test_config_by_name_builds_the_plugin_class():

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from peftkit import errors as _errors
-
-__version__ = "0.1.0"
+from peftkit._version import __version__
 
 hookimpl = pluggy.HookimplMarker("peftkit")
 

@@ -236,10 +236,10 @@ def _refuse_lacking(cls: type[PeftConfig], values: dict[str, Any], saved: bool =
     defaults = _base_defaults()
     wrong = {name: value for name, value in values.items() if value != defaults[name]}
     if wrong:
-        raise ConfigError(_lacking_message(cls, wrong, saved))
+        raise ConfigError(lacking_message(cls, wrong, saved))
 
 
-def _lacking_message(cls: type[PeftConfig], wrong: dict[str, Any], saved: bool = False) -> str:
+def lacking_message(cls: type[PeftConfig], wrong: dict[str, Any], saved: bool = False) -> str:
     shown = ", ".join(f"{name}={value!r}" for name, value in wrong.items())
     head = (
         f"{cls.__name__} has no {' or '.join(wrong)} field: Hugging Face PEFT's config for this method has "
@@ -345,7 +345,7 @@ PEFT_FORMAT_VERSION = "0.21.2"
 
 def format_version() -> str:
     """The ``peft_version`` written into new configs, e.g. ``"0.21.2+peftkit.0.1.0"``."""
-    from peftkit import __version__
+    from peftkit._version import __version__
 
     return f"{PEFT_FORMAT_VERSION}+peftkit.{__version__}"
 
@@ -378,32 +378,3 @@ def config_dict_from_bytes(raw: bytes, file: str) -> dict[str, Any]:
     if not data.get("peft_type"):
         raise ConfigError(f"{file} has no 'peft_type'; cannot tell which method wrote this adapter")
     return data
-
-
-def config_from_dict(data: dict[str, Any]) -> PeftConfig:
-    """The right method's config for a dict carrying ``peft_type``; unknown methods name the package to install."""
-    from peftkit._plugins import registry
-
-    if not data.get("peft_type"):
-        raise ConfigError("the adapter config has no 'peft_type'; cannot tell which method it is for")
-    method = registry().by_peft_type(str(data["peft_type"]))
-    return method.config_class.from_dict(data)
-
-
-def make_config(name: str, **kwargs: Any) -> PeftConfig:
-    """The config of the method called ``name`` (``"lora"``, ``"miss"``...), built from keyword arguments.
-
-    A misspelled field is an error that lists the valid ones.
-    """
-    from peftkit._plugins import registry
-
-    cls = registry().by_name(name).config_class
-    lacking = {key: kwargs[key] for key in lacking_fields(cls) if key in kwargs}
-    if lacking:
-        raise ConfigError(_lacking_message(cls, lacking))
-    unknown = sorted(set(kwargs) - set(cls.field_names()))
-    if unknown:
-        raise ConfigError(
-            f"{cls.__name__} has no field(s) {unknown}; valid fields: {', '.join(sorted(cls.field_names()))}"
-        )
-    return build_checked(cls, kwargs)

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from peftkit import _io, _state_dict
+from peftkit._api import config_from_dict
 from peftkit._config import (
     CONFIG_NAME,
     DESCRIPTIVE_FIELDS,
     ConfigError,
     PeftConfig,
     config_dict_from_bytes,
-    config_from_dict,
     read_config_dict,
 )
 
