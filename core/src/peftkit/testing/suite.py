@@ -345,9 +345,18 @@ class ConformanceSuite(RuntimeBehaviours, CompositionBehaviours, DefaultTargetBe
 
     # --- 8. several adapters -------------------------------------------------------------------
     def _second_config(self, case: Case) -> Any:
-        """The case's config for a second adapter: base biases are shared, so only the first may train them."""
+        """The case's config for a second adapter, made to be active together with the first.
+
+        Base biases are shared, so only the first adapter trains them; a ``modules_to_save`` copy
+        cannot be combined with another adapter's, so only the first keeps one.
+        """
         config = self.config(case, self.random_init)
-        return config if config.bias == "none" else config.replace(bias="none")
+        changes: dict[str, Any] = {}
+        if getattr(config, "bias", "none") != "none":
+            changes["bias"] = "none"
+        if getattr(config, "modules_to_save", None):
+            changes["modules_to_save"] = None
+        return config.replace(**changes) if changes else config
 
     def test_multiple_adapters(self, case: Case, tmp_path: Any) -> None:
         x = make_inputs(case.model)
